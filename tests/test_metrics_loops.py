@@ -1,0 +1,58 @@
+"""Loop detection, EOS statistics and the collapse class."""
+
+import pytest
+import torch
+
+from entropy_reg.metrics import CollapseThresholds, collapse_class, detect_loop, eos_rate, hit_max_length_rate
+
+
+def test_detect_loop_period_and_tail():
+    # 9 10 | 1 2 3 1 2 3 1 2 3 : period 3, tail of 9 tokens starting at index 2
+    loop = detect_loop([9, 10, 1, 2, 3, 1, 2, 3, 1, 2, 3])
+    assert (loop.period, loop.length, loop.start) == (3, 9, 2)
+    assert loop.repeats == 3
+    # a partial last copy still belongs to the tail: 1 2 3 1 2 3 1 2 -> period 3, length 8
+    loop = detect_loop([5, 1, 2, 3, 1, 2, 3, 1, 2])
+    assert (loop.period, loop.length) == (3, 8)
+
+
+def test_detect_loop_prefers_smallest_period_and_handles_none():
+    assert detect_loop([4, 4, 4, 4, 4]).period == 1  # not 2
+    assert detect_loop([1, 2, 3, 4, 5, 6]) is None
+    assert detect_loop([1, 1]) is None  # below min_length=4
+    assert detect_loop([]) is None
+    assert detect_loop(torch.tensor([7, 8, 7, 8])).period == 2
+
+
+def test_eos_and_max_length_rates():
+    seqs = [[1, 2, 0], [1, 2, 3], [1]]  # eos = 0 ; max_new_tokens = 3
+    # EOS in 1 of 3 ; cut by length: only [1,2,3] (len 3, no EOS) -> 1/3 ; [1] is neither
+    assert eos_rate(seqs, 0) == pytest.approx(1 / 3)
+    assert hit_max_length_rate(seqs, 3, 0) == pytest.approx(1 / 3)
+    assert eos_rate(seqs, [0, 3]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        eos_rate(seqs, [])
+
+
+def test_collapse_class_rules():
+    t = CollapseThresholds(min_loop_fraction=0.5, degenerate_max_entropy=1.0, divergent_min_entropy=4.0)
+    looping = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] + [11, 12] * 5  # loop covers 10 of 20 tokens = 0.5
+    low = [3.0] * 10 + [0.2] * 10  # tail mean 0.2 <= 1.0
+    assert collapse_class(looping, low, thresholds=t) == "degenerate"
+    # same loop, but the model is not confident inside it -> not degenerate; mean 3.0 < 4 -> healthy
+    assert collapse_class(looping, [3.0] * 20, thresholds=t) == "healthy"
+    # no loop and high entropy -> divergent (no logprobs: "no loop" stands in for low likelihood)
+    noise = list(range(20))
+    assert collapse_class(noise, [5.0] * 20, thresholds=t) == "divergent"
+    # with log-probs: high entropy but likely tokens (mean logprob -1 > -4) -> healthy
+    assert collapse_class(noise, [5.0] * 20, logprobs=[-1.0] * 20, thresholds=t) == "healthy"
+    assert collapse_class(noise, [5.0] * 20, logprobs=[-6.0] * 20, thresholds=t) == "divergent"
+
+
+def test_collapse_class_errors():
+    with pytest.raises(ValueError):
+        collapse_class([], [])
+    with pytest.raises(ValueError):
+        collapse_class([1, 2], [0.1])
+    with pytest.raises(ValueError):
+        CollapseThresholds(min_loop_fraction=0.0)
