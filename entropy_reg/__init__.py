@@ -1,0 +1,36 @@
+"""entropy-reg: training-time entropy regularization against low-entropy collapse in LLM fine-tuning."""
+
+from .losses import (
+    AntiCopyPenalty,
+    ConfidencePenalty,
+    EntropyFloor,
+    EntropyRegularizedLoss,
+    LabelSmoothing,
+    LossOutput,
+    TailMassFloor,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EntropyRegularizedLoss",
+    "LossOutput",
+    "TailMassFloor",
+    "EntropyFloor",
+    "AntiCopyPenalty",
+    "ConfidencePenalty",
+    "LabelSmoothing",
+]
+
+
+def __getattr__(name):
+    # Lightning-side objects import lazily so that `import entropy_reg` stays light for loss-only users.
+    if name == "CausalLMModule":
+        from .module import CausalLMModule
+
+        return CausalLMModule
+    if name == "SFTDataModule":
+        from .data import SFTDataModule
+
+        return SFTDataModule
+    raise AttributeError(f"module 'entropy_reg' has no attribute {name!r}")

@@ -1,0 +1,171 @@
+"""The one-pass kernel: per-token statistics and their closed-form vocabulary gradient, chunk by chunk.
+
+For a chunk of rows with float32 (or float64) logits z ``[R, V]``, label y, p = softmax(z),
+lse = logsumexp(z), mu = sum_j p_j z_j, the statistics (all ``[R]``) are
+
+    ce          = lse - z_y
+    entropy     = lse - mu                         (nats)
+    tail@k      = 1 - sum_{j in topk(z)} p_j
+    copy        = sum_{c in C} p_c                 (C: copy set of the row, see copyset.py)
+    unlikelihood= sum_{c in C} -log(max(1 - p_c, eps))
+    smooth      = lse - mean_j z_j                 (CE against the uniform distribution)
+
+Given upstream weights g_* = dLoss/dstat (from autograd on the tiny stat vectors), the gradient is
+
+    dz = p * (alpha + beta * z) + gamma - g_ce e_y - sum_k g_tk p 1[topk] + g_c p 1[C] + g_ul q 1[C]
+    alpha = g_ce + g_H mu + sum_k g_tk (1 - tau_k) - g_c c - g_ul s_ul + g_s,  beta = -g_H,
+    gamma = -g_s / V,  q_c = p_c / (1 - p_c),  s_ul = sum_{c in C} q_c
+
+(uses z - mu, never log p, so p underflowing to 0 cannot create 0 * -inf). One dense exp and one
+multiply-add over the chunk, plus sparse scatters into k + |C| + 1 columns; the top-k set is held fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .copyset import CopySetIndex
+
+STAT_KEYS = ("ce", "entropy", "tail", "copy", "unlikelihood", "smooth")
+
+
+@dataclass
+class ChunkRows:
+    """Where a chunk's rows come from: sequence, position and gold label of each row (all ``[R]``)."""
+
+    batch_idx: Tensor
+    time_idx: Tensor
+    gold: Tensor
+
+
+def chunk_stats(
+    z: Tensor,
+    rows: ChunkRows,
+    top_ks: list[int],
+    copy_index: CopySetIndex | None,
+    want: set[str],
+    ul_eps: float,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Statistics of one chunk, plus what the gradient step needs.
+
+    Args:
+        z: ``[R, V]`` logits in the compute dtype. It is not modified here.
+        rows: the rows' origins and gold labels.
+        top_ks: the k values whose tail mass is wanted (already clamped to V, deduplicated, sorted).
+        copy_index: the copy-set index, or None when input_ids were not given.
+        want: which of "copy", "unlikelihood", "smooth" to compute (ce/entropy/tail are always computed).
+        ul_eps: clamp of 1 - p in the unlikelihood.
+
+    Returns:
+        ``(stats, saved)``: stats maps "ce", "entropy", "tail@k", and the wanted extras to ``[R]``;
+        saved holds the tensors the gradient needs (the exp buffer e, its row sums, top-k indices, ...).
+    """
+    R, V = z.shape
+    kmax = max(top_ks)
+    # Top-k on the logits has the same order as on p, and its first value is the row max we need
+    # for a stable exp anyway, so this replaces the max pass.
+    top_vals, top_idx = torch.topk(z, kmax, dim=1, sorted=True)
+    m = top_vals[:, 0]
+    e = torch.sub(z, m[:, None])
+    e.exp_()
+    s = e.sum(dim=1)
+    lse = m + s.log()
+    # sum_j e_j z_j as a batched dot product: no [R, V] temporary.
+    ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(R)
+    mu = ez / s
+    gold = rows.gold
+    z_y = z.gather(1, gold[:, None]).view(R)
+    stats: dict[str, Tensor] = {"ce": lse - z_y, "entropy": lse - mu}
+    p_top = torch.exp(top_vals - lse[:, None])
+    head = p_top.cumsum(dim=1)
+    for k in top_ks:
+        stats[f"tail@{k}"] = (1.0 - head[:, k - 1]).clamp_min(0.0)
+    saved: dict[str, Tensor] = {"e": e, "s": s, "mu": mu, "top_idx": top_idx, "p_top": p_top}
+
+    if copy_index is not None and ({"copy", "unlikelihood"} & want):
+        cand, mask = copy_index.rows(rows.batch_idx, rows.time_idx, gold)
+        cand = torch.where(mask, cand, torch.zeros_like(cand))  # masked slots may hold any id (padding)
+        p_c = e.gather(1, cand) / s[:, None] * mask
+        saved.update(cand=cand, mask=mask, p_c=p_c)
+        if "copy" in want:
+            stats["copy"] = p_c.sum(dim=1)
+        if "unlikelihood" in want:
+            one_minus = 1.0 - p_c
+            unclamped = mask & (one_minus > ul_eps)
+            stats["unlikelihood"] = (-torch.log(one_minus.clamp_min(ul_eps)) * mask).sum(dim=1)
+            saved.update(q=torch.where(unclamped, p_c / one_minus.clamp_min(ul_eps), torch.zeros_like(p_c)))
+    if "smooth" in want:
+        stats["smooth"] = lse - z.mean(dim=1)
+    return stats, saved
+
+
+def chunk_grad_(
+    z: Tensor,
+    stats: dict[str, Tensor],
+    saved: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    top_ks: list[int],
+    gold: Tensor,
+) -> Tensor:
+    """Write dLoss/dz of the chunk into ``z`` (in place) and return it.
+
+    Args:
+        z: ``[R, V]`` logits of the chunk, owned by the caller (overwritten).
+        stats, saved: from ``chunk_stats``.
+        grads: upstream weights ``[R]`` per stat key (missing keys mean 0).
+        top_ks: as given to ``chunk_stats``.
+        gold: ``[R]`` gold labels.
+
+    Returns:
+        ``z``, now holding ``[R, V]`` gradient.
+    """
+    R, V = z.shape
+    e, s, mu = saved["e"], saved["s"], saved["mu"]
+    zero = torch.zeros_like(s)
+    g_ce = grads.get("ce", zero)
+    g_h = grads.get("entropy", zero)
+    alpha = g_ce + g_h * mu
+    for k in top_ks:
+        g_t = grads.get(f"tail@{k}")
+        if g_t is not None:
+            alpha = alpha + g_t * (1.0 - stats[f"tail@{k}"])
+    g_c = grads.get("copy")
+    if g_c is not None:
+        alpha = alpha - g_c * stats["copy"]
+    g_ul = grads.get("unlikelihood")
+    if g_ul is not None:
+        alpha = alpha - g_ul * saved["q"].sum(dim=1)
+    g_s = grads.get("smooth")
+    if g_s is not None:
+        alpha = alpha + g_s
+
+    inv_s = 1.0 / s
+    # dz = p * (alpha + beta * z) with p = e / s, computed in place over the chunk.
+    if "entropy" in grads:
+        z.mul_((-g_h * inv_s)[:, None]).add_((alpha * inv_s)[:, None]).mul_(e)
+    else:
+        torch.mul(e, (alpha * inv_s)[:, None], out=z)
+    if g_s is not None:
+        z.sub_((g_s / V)[:, None])
+
+    # Sparse parts.
+    z.scatter_add_(1, gold[:, None], -g_ce[:, None])
+    tail_grads = [(k, grads[f"tail@{k}"]) for k in top_ks if f"tail@{k}" in grads]
+    if tail_grads:
+        kmax = max(k for k, _ in tail_grads)
+        rank = torch.arange(kmax, device=z.device)
+        w = torch.zeros(R, kmax, dtype=z.dtype, device=z.device)
+        for k, g_t in tail_grads:
+            w += g_t[:, None] * (rank[None, :] < k)
+        z.scatter_add_(1, saved["top_idx"][:, :kmax], -w * saved["p_top"][:, :kmax])
+    if g_c is not None or g_ul is not None:
+        sparse = torch.zeros_like(saved["p_c"])
+        if g_c is not None:
+            sparse += g_c[:, None] * saved["p_c"]
+        if g_ul is not None:
+            sparse += g_ul[:, None] * saved["q"]
+        z.scatter_add_(1, saved["cand"], sparse)
+    return z
