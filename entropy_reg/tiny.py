@@ -99,7 +99,9 @@ def _cached_tokenizer(vocab_size: int, cache_dir: str) -> PreTrainedTokenizerFas
     return tokenizer
 
 
-def build_tiny_tokenizer(vocab_size: int = 2048, cache_dir: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(
+    vocab_size: int = 2048, cache_dir: str | os.PathLike | None = None
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained deterministically on the embedded Python-docs corpus.
 
     Special tokens: ``<|endoftext|>`` (bos and eos), ``<|pad|>`` (pad), ``<|system|>``, ``<|user|>``,
@@ -117,7 +119,9 @@ def build_tiny_tokenizer(vocab_size: int = 2048, cache_dir: str | os.PathLike | 
         repeated calls in a process are served from memory.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size must exceed {256 + len(SPECIAL_TOKENS)} (bytes + special tokens), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must exceed {256 + len(SPECIAL_TOKENS)} (bytes + special tokens), got {vocab_size}"
+        )
     cache = str(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     return copy.deepcopy(_cached_tokenizer(vocab_size, cache))
 

