@@ -495,15 +495,15 @@ class SFTDataModule(LightningDataModule):
 @contextlib.contextmanager
 def _quiet_progress_bars():
     """Silence datasets' per-call progress bars (map/filter over a few hundred rows) and restore them."""
-    from datasets.utils import tqdm as ds_tqdm
+    import datasets
 
-    was_disabled = ds_tqdm.are_progress_bars_disabled()
-    ds_tqdm.disable_progress_bars()
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
     try:
         yield
     finally:
         if not was_disabled:
-            ds_tqdm.enable_progress_bars()
+            datasets.enable_progress_bars()
 
 
 def _source_label(source: str) -> str:

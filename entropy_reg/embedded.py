@@ -41,13 +41,63 @@ HELDOUT_FRACTION = 0.1
 # A fixed list, not "all importable modules": the set must not depend on what is installed.
 # Chosen for long, prose-like docstrings and no import side effects.
 STDLIB_MODULES: tuple[str, ...] = (
-    "abc", "argparse", "base64", "bisect", "builtins", "calendar", "collections", "contextlib", "copy",
-    "csv", "dataclasses", "datetime", "decimal", "difflib", "enum", "fnmatch", "fractions", "functools",
-    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "inspect", "io", "itertools", "json", "logging",
-    "math", "operator", "os", "os.path", "pathlib", "pickle", "pprint", "queue", "random", "re",
-    "secrets", "shlex", "shutil", "statistics", "string", "struct", "subprocess", "tempfile",
-    "textwrap", "threading", "time", "typing", "unittest", "urllib.parse", "uuid", "warnings",
-    "weakref", "zipfile",
+    "abc",
+    "argparse",
+    "base64",
+    "bisect",
+    "builtins",
+    "calendar",
+    "collections",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "enum",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "inspect",
+    "io",
+    "itertools",
+    "json",
+    "logging",
+    "math",
+    "operator",
+    "os",
+    "os.path",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "secrets",
+    "shlex",
+    "shutil",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "uuid",
+    "warnings",
+    "weakref",
+    "zipfile",
 )
 
 _HEADING_UNDERLINE = re.compile(r"^([*=\-~^])\1{2,}\s*$")
@@ -151,12 +201,17 @@ def _method_records(class_label: str, cls: type) -> list[dict[str, str]]:
 
 
 def _docstring_records() -> list[dict[str, str]]:
+    # Reading some attributes warns (e.g. the deprecated ``typing.io``); the warnings are not ours.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _docstring_records_unchecked()
+
+
+def _docstring_records_unchecked() -> list[dict[str, str]]:
     records = []
     for module_name in STDLIB_MODULES:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except ImportError:  # e.g. a stripped-down Python build; the corpus fingerprint records it
             continue
         doc = inspect.getdoc(module)
