@@ -1,0 +1,14 @@
+"""Lightning callbacks: regularizer attachment, coefficient schedule, generation eval."""
+
+from entropy_reg.callbacks.entropy_regularizer import EntropyRegularizer
+from entropy_reg.callbacks.schedule import CoefficientSchedule
+
+__all__ = ["EntropyRegularizer", "CoefficientSchedule"]
+
+try:  # GenerationEval lands separately (entropy_reg/callbacks/generation_eval.py)
+    from entropy_reg.callbacks.generation_eval import GenerationEval  # noqa: F401
+except ModuleNotFoundError as exc:  # only its own absence is tolerated, not a missing dependency inside it
+    if exc.name != "entropy_reg.callbacks.generation_eval":
+        raise
+else:
+    __all__.append("GenerationEval")

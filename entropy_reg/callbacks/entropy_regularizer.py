@@ -1,0 +1,320 @@
+"""EntropyRegularizer: add entropy-aware regularizers to the loss of a LightningModule you wrote."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from entropy_reg.callbacks.schedule import CoefficientSchedule
+from entropy_reg.hf_utils import find_causal_lm
+from entropy_reg.logging_utils import StatsWindow
+from entropy_reg.losses import EntropyRegularizedLoss
+
+_PROG_BAR_KEYS = ("loss", "ce", "reg_loss", "entropy", "tail_mass", "copy_mass", "reg_scale")
+
+
+class _Capture:
+    """Inputs and logits of the causal LM's grad-enabled forward calls during one training_step."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.calls: list[dict[str, Any]] = []
+
+
+class EntropyRegularizer(Callback):
+    """Adds ``scale * sum_i w_i R_i`` of an :class:`~entropy_reg.losses.EntropyRegularizedLoss` to the
+    loss your ``training_step`` returns, without changes to your code.
+
+    A Lightning callback cannot change the loss Lightning backpropagates, so this one attaches itself
+    at ``setup("fit")`` and detaches at ``teardown`` (or on an exception):
+
+    - it finds the Hugging Face causal LM inside your module (``model_attr`` names it when there are
+      several), and registers a forward pre-hook (captures ``input_ids``, ``labels``,
+      ``attention_mask``) and a forward hook (captures ``logits``) on it;
+    - it wraps ``pl_module.training_step`` (an instance attribute; the class is untouched): after your
+      step returns ``L`` (a tensor, or a dict with ``"loss"``), it computes the regularizer part from
+      the captured logits with ``loss(..., include_ce=False)`` and returns ``L + R`` (the dict gets
+      its ``"loss"`` replaced). Your CE stays yours; only the regularizers are added, so there is
+      still one backward per step and DDP/gradient accumulation behave as before.
+
+    Contract (checked; a violation raises with a message saying which):
+
+    - automatic optimization (``self.automatic_optimization`` is True): with manual optimization you
+      call ``backward`` yourself, so there is no returned loss to add to — call the loss directly;
+    - exactly one HF causal LM in the module, or ``model_attr`` set (dotted path, e.g. ``"model"``);
+    - ``training_step`` calls that causal LM (not its base model: the head must run) exactly once with
+      grad enabled, and its output has ``logits``; calls under ``torch.no_grad()`` (e.g. a reference
+      pass) are ignored;
+    - ``training_step`` returns a loss (returning ``None`` to skip a batch is not supported);
+    - labels: the ``labels`` passed to the model (Hugging Face convention: unshifted, ``-100`` ignored)
+      are used. Without ``labels`` in the call, ``input_ids`` are used as labels with positions where
+      ``attention_mask == 0`` set to ``-100`` (plain causal-LM training); if your loss masks more than
+      padding (prompt tokens), pass ``labels`` to the model.
+
+    Logged (token-weighted over the steps since the last log and over all ranks: sums and counts are
+    reduced, then divided): ``train/loss`` (your loss + regularizers), ``train/reg_loss``,
+    ``train/ce``, ``train/entropy``, ``train/tail_mass``, ``train/copy_mass``, ``train/<term>`` for each
+    regularizer (unweighted penalty), and ``train/reg_scale`` (the coefficient in effect).
+
+    Args:
+        loss: the regularizers and their weights. Its CE term is never added (your loss has it).
+        schedule: sets ``loss.scale`` from ``trainer.global_step`` before every step; ``None`` leaves
+            ``loss.scale`` as it is.
+        model_attr: dotted attribute path of the causal LM inside your module.
+        log_every_n_steps: optimizer steps per logged value; ``None``: ``trainer.log_every_n_steps``.
+        prog_bar: statistics (names without ``train/``) shown in the progress bar.
+
+    Example::
+
+        trainer = Trainer(callbacks=[EntropyRegularizer(
+            EntropyRegularizedLoss([TailMassFloor(top_k=5, floor=0.15), AntiCopyPenalty(weight=0.5)]),
+            schedule=CoefficientSchedule(warmup_steps=100))])
+    """
+
+    def __init__(
+        self,
+        loss: EntropyRegularizedLoss,
+        schedule: CoefficientSchedule | None = None,
+        model_attr: str | None = None,
+        log_every_n_steps: int | None = None,
+        prog_bar: Iterable[str] = ("loss", "entropy"),
+    ) -> None:
+        if not isinstance(loss, EntropyRegularizedLoss):
+            raise TypeError(
+                f"EntropyRegularizer: loss must be an EntropyRegularizedLoss, got {type(loss).__name__}"
+            )
+        if schedule is not None and not isinstance(schedule, CoefficientSchedule):
+            raise TypeError(
+                f"EntropyRegularizer: schedule must be a CoefficientSchedule or None, got {type(schedule).__name__}"
+            )
+        if model_attr is not None and (not isinstance(model_attr, str) or not model_attr):
+            raise ValueError(
+                f"EntropyRegularizer: model_attr must be a non-empty dotted path or None, got {model_attr!r}"
+            )
+        prog_bar = (prog_bar,) if isinstance(prog_bar, str) else tuple(prog_bar)
+        unknown = [k for k in prog_bar if k not in _PROG_BAR_KEYS and k not in loss.term_names]
+        if unknown:
+            raise ValueError(
+                f"EntropyRegularizer: unknown prog_bar keys {unknown}; choose from "
+                f"{list(_PROG_BAR_KEYS) + list(loss.term_names)}"
+            )
+        self.loss = loss
+        self.schedule = schedule
+        self.model_attr = model_attr
+        self.prog_bar = prog_bar
+        self._window = StatsWindow("train/", prog_bar, log_every_n_steps)
+        self.last_scale: float = float(loss.scale)
+        self.last_step: int | None = None
+        self._capture = _Capture()
+        self._handles: list[Any] = []
+        self._module: LightningModule | None = None
+        self._had_instance_step = False
+        self._original_step: Any = None
+        self._warned_label_fallback = False
+
+    # -- attach / detach -----------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
+            raise RuntimeError(
+                "EntropyRegularizer needs automatic optimization: it adds the regularizers to the loss "
+                f"that {type(pl_module).__name__}.training_step returns, and with "
+                "`automatic_optimization = False` you call backward yourself. Call an "
+                "EntropyRegularizedLoss in your training_step instead."
+            )
+        name, model = find_causal_lm(pl_module, self.model_attr)
+        self._detach()  # a second fit() on the same trainer: never stack two wrappers
+        self.loss.to(pl_module.device)
+        self._handles = [
+            model.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
+            model.register_forward_hook(self._post_hook, with_kwargs=True),
+        ]
+        self._module = pl_module
+        self._had_instance_step = "training_step" in vars(pl_module)
+        self._original_step = original = pl_module.training_step
+
+        @functools.wraps(original)
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            return self._training_step(trainer, *args, **kwargs)
+
+        pl_module.training_step = training_step
+        rank_zero_info(
+            f"EntropyRegularizer: regularizing {type(model).__name__} at "
+            f"{type(pl_module).__name__}.{name or '<module itself>'} with {self.loss.term_names or 'no terms'}"
+        )
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._detach()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        module = self._module
+        if module is not None:
+            if self._had_instance_step:
+                module.training_step = self._original_step
+            else:
+                vars(module).pop("training_step", None)  # the class method shows through again
+        self._module = None
+        self._original_step = None
+        self._capture = _Capture()
+        self._window.reset()
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self._capture.active or not torch.is_grad_enabled():
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        self._capture.calls.append(
+            {
+                "input_ids": input_ids,
+                "labels": kwargs.get("labels"),
+                "attention_mask": kwargs.get("attention_mask"),
+            }
+        )
+
+    def _post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self._capture.active or not torch.is_grad_enabled() or not self._capture.calls:
+            return
+        logits = getattr(output, "logits", None)
+        if logits is None and isinstance(output, dict):
+            logits = output.get("logits")
+        if logits is None and isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+            # return_dict=False: (loss, logits, ...) when labels were given, else (logits, ...).
+            logits = (
+                output[1] if self._capture.calls[-1]["labels"] is not None and len(output) > 1 else output[0]
+            )
+        self._capture.calls[-1]["logits"] = logits
+
+    # -- the wrapped step -------------------------------------------------------------------------
+    def _training_step(self, trainer: Trainer, *args: Any, **kwargs: Any) -> Any:
+        if self.schedule is not None:
+            self.loss.scale = self.schedule(trainer.global_step)
+        self.last_scale, self.last_step = float(self.loss.scale), trainer.global_step
+        self._capture.calls = []
+        self._capture.active = True
+        try:
+            result = self._original_step(*args, **kwargs)
+        finally:
+            self._capture.active = False
+        calls, self._capture.calls = self._capture.calls, []
+        user_loss = self._user_loss(result)
+        call = self._single_call(calls)
+        labels = self._labels(call)
+        out = self.loss(
+            logits=call["logits"],
+            labels=labels,
+            input_ids=call["input_ids"],
+            attention_mask=call["attention_mask"],
+            include_ce=False,
+        )
+        total = user_loss + out.loss.to(user_loss.dtype)
+
+        sums = dict(out.sums)
+        count = out.count
+        sums["reg_loss"] = sums.pop("loss")
+        sums["loss"] = total.detach().to(torch.float64) * count.to(torch.float64)
+        self._window.update(sums, count)
+        if self._window.step_is_log_step(trainer):
+            metrics = self._window.reduce(trainer.strategy)
+            metrics["train/reg_scale"] = torch.tensor(self.last_scale)
+            self._window.log(trainer, self._module, metrics)
+
+        if isinstance(result, Tensor):
+            return total
+        return {**result, "loss": total}
+
+    def _user_loss(self, result: Any) -> Tensor:
+        name = type(self._module).__name__
+        if result is None:
+            raise RuntimeError(
+                f"EntropyRegularizer: {name}.training_step returned None. Skipping a batch by returning "
+                "None is not supported while the regularizer is attached: return the loss."
+            )
+        loss = result.get("loss") if isinstance(result, dict) else result
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            raise RuntimeError(
+                f"EntropyRegularizer: {name}.training_step must return a scalar loss tensor or a dict with "
+                f"a 'loss' tensor, got {type(result).__name__}"
+            )
+        return loss
+
+    def _single_call(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        name = type(self._module).__name__
+        if not calls:
+            raise RuntimeError(
+                f"EntropyRegularizer: {name}.training_step did not call the causal LM with grad enabled. "
+                "Call the causal LM itself (e.g. `self.model(**batch)`), not its base model, so its "
+                "logits can be captured."
+            )
+        if len(calls) > 1:
+            raise RuntimeError(
+                f"EntropyRegularizer: {name}.training_step called the causal LM {len(calls)} times with "
+                "grad enabled; exactly one call is supported (wrap extra passes in torch.no_grad())."
+            )
+        call = calls[0]
+        if not isinstance(call.get("logits"), Tensor):
+            raise RuntimeError(
+                f"EntropyRegularizer: the causal LM call in {name}.training_step produced no logits "
+                "(did a fused-loss option skip them?). The regularizers need the [B, T, V] logits."
+            )
+        if call["input_ids"] is None:
+            raise RuntimeError(
+                f"EntropyRegularizer: {name}.training_step called the causal LM without input_ids "
+                "(inputs_embeds?); the regularizer needs token ids for labels and the copy set."
+            )
+        return call
+
+    def _labels(self, call: dict[str, Any]) -> Tensor:
+        labels = call["labels"]
+        if labels is not None:
+            return labels
+        if not self._warned_label_fallback:
+            rank_zero_warn(
+                "EntropyRegularizer: the causal LM was called without `labels`; using input_ids with "
+                "padding (attention_mask == 0) set to ignore_index. Pass labels to the model if your "
+                "loss masks prompt tokens."
+            )
+            self._warned_label_fallback = True
+        labels = call["input_ids"].clone()
+        if call["attention_mask"] is not None:
+            labels[call["attention_mask"] == 0] = self.loss.ignore_index
+        return labels
+
+    # -- checkpointing ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+            "last_scale": self.last_scale,
+            "last_step": self.last_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("schedule")
+        if saved is not None:
+            # Like EarlyStopping, the checkpoint wins: a resumed run continues the schedule it started.
+            if self.schedule is None:
+                self.schedule = CoefficientSchedule(**saved)
+            elif self.schedule.state_dict() != saved:
+                rank_zero_warn(
+                    f"EntropyRegularizer: resuming with the checkpoint's schedule {saved} instead of the "
+                    f"configured {self.schedule.state_dict()}"
+                )
+                self.schedule.load_state_dict(saved)
+        self.last_scale = float(state_dict.get("last_scale", self.last_scale))
+        self.last_step = state_dict.get("last_step")
+        # Without a schedule the scale is otherwise untouched; restore it so the first resumed step
+        # uses the coefficient the interrupted run ended with.
+        self.loss.scale = self.last_scale

@@ -1,0 +1,179 @@
+"""Logging helpers shared by the callback, the module and the CLI.
+
+Two concerns live here:
+
+- **W&B without an account.** :func:`configure_wandb_env` switches W&B to offline mode when no API key
+  is configured (no ``WANDB_API_KEY`` and no netrc entry for the W&B host), so a run never prompts
+  for a login and never crashes for lack of one; the run is written under ``<save_dir>/wandb/`` and
+  can be uploaded later with ``wandb sync``. The CLI calls it before any logger is built; call it
+  yourself before creating a ``WandbLogger`` in your own scripts.
+- **Training statistics across ranks.** :class:`StatsWindow` accumulates the detached float64 sums
+  and the row count of ``EntropyRegularizedLoss`` outputs between logging steps, reduces sums and
+  counts across ranks (one collective of one small tensor), and only then divides: a token-weighted
+  mean, never a mean of per-rank means.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor
+
+_DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+_OFFLINE_MODES = ("offline", "dryrun", "disabled")
+
+
+# ---------------------------------------------------------------------------------------------------
+# W&B
+# ---------------------------------------------------------------------------------------------------
+def wandb_api_key_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """True when W&B could authenticate without prompting: ``WANDB_API_KEY`` or a netrc entry."""
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(env.get("WANDB_BASE_URL") or _DEFAULT_WANDB_HOST).hostname or "api.wandb.ai"
+    candidates = [env.get("NETRC")] if env.get("NETRC") else []
+    candidates += [os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")]
+    for path in candidates:
+        if not path or not os.path.isfile(path):
+            continue
+        try:
+            auth = netrc.netrc(path).authenticators(host)
+        except (netrc.NetrcParseError, OSError):
+            # An unreadable netrc means W&B cannot read it either: treat as "no key".
+            continue
+        if auth and auth[2]:
+            return True
+    return False
+
+
+def configure_wandb_env(environ: dict[str, str] | None = None) -> str:
+    """Make W&B safe to start non-interactively; returns the resulting ``WANDB_MODE`` ("online" if unset).
+
+    - ``WANDB_SILENT=true`` unless set (no banners in CI logs).
+    - An explicit ``WANDB_MODE`` of offline/dryrun/disabled is kept.
+    - Without an API key, ``WANDB_MODE=offline`` is forced, even over an explicit ``online``: W&B
+      would otherwise prompt for a key or fail to start.
+    """
+    env = os.environ if environ is None else environ
+    env.setdefault("WANDB_SILENT", "true")
+    mode = env.get("WANDB_MODE", "")
+    if mode in _OFFLINE_MODES:
+        return mode
+    if not wandb_api_key_configured(env):
+        if mode == "online":
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn("WANDB_MODE=online but no W&B API key is configured: logging offline instead.")
+        env["WANDB_MODE"] = "offline"
+        return "offline"
+    return mode or "online"
+
+
+def wandb_available() -> bool:
+    try:
+        import wandb  # noqa: F401
+    except Exception:  # a broken install raises more than ImportError
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training statistics
+# ---------------------------------------------------------------------------------------------------
+class StatsWindow:
+    """Token-weighted statistics over the training steps since the last log, reduced across ranks.
+
+    Args:
+        prefix: prepended to every key (``"train/"``).
+        prog_bar: keys (without prefix) shown in the progress bar.
+        log_every_n_steps: optimizer steps per logged value; ``None`` follows
+            ``trainer.log_every_n_steps``; 0 disables logging.
+    """
+
+    def __init__(
+        self,
+        prefix: str = "train/",
+        prog_bar: Iterable[str] = ("loss", "entropy"),
+        log_every_n_steps: int | None = None,
+    ) -> None:
+        if log_every_n_steps is not None and (
+            isinstance(log_every_n_steps, bool)
+            or int(log_every_n_steps) != log_every_n_steps
+            or log_every_n_steps < 0
+        ):
+            raise ValueError(f"log_every_n_steps must be an integer >= 0 or None, got {log_every_n_steps!r}")
+        self.prefix = prefix
+        self.prog_bar = tuple(prog_bar)
+        self.log_every_n_steps = log_every_n_steps
+        self.reset()
+        self._calls = 0
+
+    def reset(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+        self._count: Tensor | None = None
+
+    def update(self, sums: Mapping[str, Tensor], count: Tensor) -> None:
+        """Add one loss call's float64 sums (over non-ignored rows) and its row count."""
+        for key, value in sums.items():
+            value = value.detach().to(torch.float64)
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
+        count = count.detach().to(torch.float64)
+        self._count = count if self._count is None else self._count + count
+
+    def step_is_log_step(self, trainer: Any) -> bool:
+        """Count one training_step call; True on the last micro-batch of every n-th optimizer step.
+
+        Call exactly once per training_step on every rank: the answer decides who joins the
+        collective in :meth:`reduce`, so it must be the same on all ranks (it only depends on counts).
+        """
+        self._calls += 1
+        n = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
+        if not n:
+            return False
+        return self._calls % (n * max(1, int(trainer.accumulate_grad_batches))) == 0
+
+    def reduce(self, strategy: Any = None) -> dict[str, Tensor]:
+        """Means over all rows of all ranks since the last reset (``{prefix+key: 0-dim float32}``); resets."""
+        if self._count is None:
+            return {}
+        keys = sorted(self._sums)
+        packed = torch.stack([self._sums[k] for k in keys] + [self._count])
+        if strategy is not None:
+            # One collective for all statistics; sums and count travel separately, division after.
+            packed = strategy.reduce(packed, reduce_op="sum")
+        total = packed[-1].clamp_min(1.0)
+        self.reset()
+        return {self.prefix + k: (packed[i] / total).to(torch.float32) for i, k in enumerate(keys)}
+
+    def log(self, trainer: Any, pl_module: Any, metrics: Mapping[str, Tensor | float]) -> None:
+        """Send ``metrics`` to every logger at ``trainer.global_step`` and to the progress bar.
+
+        Loggers get the values directly (not through ``LightningModule.log``), so the cadence is
+        exactly this window's; ``LightningModule.log(logger=False)`` puts the values into
+        ``trainer.callback_metrics`` (checkpoint monitors) and the progress bar.
+        """
+        if not metrics:
+            return
+        scalars = {k: float(v) for k, v in metrics.items()}
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+        shown = {self.prefix + k for k in self.prog_bar}
+        for key, value in metrics.items():
+            value = value if isinstance(value, Tensor) else torch.tensor(float(value))
+            pl_module.log(
+                key,
+                value,
+                prog_bar=key in shown,
+                logger=False,
+                on_step=True,
+                on_epoch=False,
+                batch_size=1,
+                sync_dist=False,
+            )

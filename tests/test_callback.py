@@ -1,0 +1,215 @@
+"""EntropyRegularizer on a LightningModule written the way a user would write it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from entropy_reg.callbacks import CoefficientSchedule, EntropyRegularizer
+from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
+
+V, B, T = 64, 4, 12
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def random_batches(n: int = 8, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        ids = torch.randint(0, V, (B, T), generator=g)
+        mask = torch.ones(B, T, dtype=torch.long)
+        mask[0, -3:] = 0  # right padding in one row
+        labels = ids.clone()
+        labels[:, :2] = -100  # a "prompt"
+        labels[mask == 0] = -100
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return DataLoader(batches, batch_size=None)  # pre-batched dicts
+
+
+class UserModule(LightningModule):
+    """What a user writes: nothing here knows about the regularizer."""
+
+    def __init__(self, seed: int = 0, pass_labels: bool = True) -> None:
+        super().__init__()
+        self.model = tiny_llama(seed)
+        self.pass_labels = pass_labels
+        self.user_losses: list[float] = []
+        self.returned: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        if self.pass_labels:
+            loss = self.model(**batch).loss
+        else:
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = out.logits[:, :-1].reshape(-1, V)
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:].reshape(-1))
+        self.user_losses.append(loss.item())
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.returned.append(float(outputs["loss"]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def make_trainer(tmp_path, callbacks, max_steps: int = 3, **kwargs) -> Trainer:
+    return Trainer(
+        max_steps=max_steps, accelerator="cpu", devices=1, callbacks=callbacks,
+        logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs,
+    )
+
+
+def combined_loss(weight: float = 1.0) -> EntropyRegularizedLoss:
+    return EntropyRegularizedLoss(
+        regularizers=[
+            TailMassFloor(top_k=1, floor=0.9, weight=weight),
+            AntiCopyPenalty(weight=weight),
+            EntropyFloor(min_entropy=10.0, weight=weight),
+        ]
+    )
+
+
+def fit(tmp_path, loss, module=None, max_steps=3, **cb_kwargs):
+    module = module or UserModule()
+    cb = EntropyRegularizer(loss, **cb_kwargs)
+    trainer = make_trainer(tmp_path, [cb], max_steps=max_steps)
+    trainer.fit(module, train_dataloaders=random_batches())
+    return trainer, module, cb
+
+
+def test_adds_regularizer_and_logs(tmp_path):
+    trainer, module, cb = fit(tmp_path, combined_loss())
+    assert len(module.returned) == 3
+    # the returned (backpropagated) loss is the user's CE plus a positive regularizer
+    for user, returned in zip(module.user_losses, module.returned, strict=True):
+        assert returned > user + 1e-4
+    metrics = trainer.callback_metrics
+    for key in ["train/loss", "train/ce", "train/reg_loss", "train/entropy", "train/tail_mass",
+                "train/copy_mass", "train/tail_mass_floor", "train/anti_copy", "train/entropy_floor",
+                "train/reg_scale"]:
+        assert key in metrics, key
+    # CE seen by the regularizer is the one the user computed (same labels, same logits)
+    assert float(metrics["train/ce"]) == pytest.approx(module.user_losses[-1], rel=1e-4)
+    logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "train/entropy" in logged.splitlines()[0]
+    # hooks and wrapper are gone after fit
+    assert "training_step" not in vars(module)
+    assert not module.model._forward_hooks and not module.model._forward_pre_hooks
+    assert not module.model._forward_hooks_with_kwargs
+
+
+def test_zero_weights_leave_loss_unchanged(tmp_path):
+    _, module, _ = fit(tmp_path, combined_loss(weight=0.0))
+    assert module.returned == module.user_losses
+
+
+def test_zero_schedule_leaves_loss_unchanged(tmp_path):
+    sched = CoefficientSchedule(kind="constant", start=0.0, end=0.0)
+    _, module, cb = fit(tmp_path, combined_loss(), schedule=sched)
+    assert module.returned == module.user_losses
+    assert cb.last_scale == 0.0
+
+
+def test_labels_fallback_without_labels_in_call(tmp_path):
+    with pytest.warns(UserWarning, match="without `labels`"):
+        _, module, _ = fit(tmp_path, combined_loss(), module=UserModule(pass_labels=False), max_steps=1)
+    assert module.returned[0] > module.user_losses[0]
+
+
+def test_schedule_sets_scale_per_step(tmp_path):
+    sched = CoefficientSchedule(warmup_steps=2, start=0.0, end=1.0)
+    _, module, cb = fit(tmp_path, combined_loss(), schedule=sched, max_steps=3)
+    assert module.returned[0] == module.user_losses[0]  # scale 0 at step 0
+    assert module.returned[2] > module.user_losses[2]
+    assert cb.last_scale == 1.0 and cb.last_step == 2
+    state = cb.state_dict()
+    other = EntropyRegularizer(combined_loss())
+    other.load_state_dict(state)
+    assert other.schedule == sched and other.loss.scale == 1.0
+
+
+def test_manual_optimization_rejected(tmp_path):
+    class Manual(UserModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    with pytest.raises(RuntimeError, match="automatic optimization"):
+        fit(tmp_path, combined_loss(), module=Manual())
+
+
+def test_two_causal_lms_need_model_attr(tmp_path):
+    class Two(UserModule):
+        def __init__(self):
+            super().__init__()
+            self.reference = tiny_llama(1)
+
+    with pytest.raises(ValueError, match="model_attr"):
+        fit(tmp_path, combined_loss(), module=Two())
+    module = Two()
+    _, module, _ = fit(tmp_path, combined_loss(), module=module, model_attr="model", max_steps=1)
+    assert module.returned[0] > module.user_losses[0]
+
+
+def test_base_model_call_rejected(tmp_path):
+    class BaseOnly(UserModule):
+        def training_step(self, batch, batch_idx):
+            hidden = self.model.model(input_ids=batch["input_ids"]).last_hidden_state
+            return hidden.pow(2).mean()
+
+    module = BaseOnly()
+    with pytest.raises(RuntimeError, match="did not call the causal LM"):
+        fit(tmp_path, combined_loss(), module=module)
+    # the failure detached everything
+    assert "training_step" not in vars(module)
+    assert not module.model._forward_hooks and not module.model._forward_pre_hooks
+
+
+def test_none_step_rejected(tmp_path):
+    class Skipper(UserModule):
+        def training_step(self, batch, batch_idx):
+            self.model(**batch)
+            return None
+
+    with pytest.raises(RuntimeError, match="returned None"):
+        fit(tmp_path, combined_loss(), module=Skipper())
+
+
+def test_dict_return_keeps_other_keys(tmp_path):
+    class DictStep(UserModule):
+        def training_step(self, batch, batch_idx):
+            loss = self.model(**batch).loss
+            self.user_losses.append(loss.item())
+            return {"loss": loss, "extra": torch.tensor(1.0)}
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            assert "extra" in outputs
+            self.returned.append(float(outputs["loss"]))
+
+    _, module, _ = fit(tmp_path, combined_loss(), module=DictStep(), max_steps=1)
+    assert module.returned[0] > module.user_losses[0]
+
+
+def test_bad_arguments_rejected():
+    with pytest.raises(TypeError):
+        EntropyRegularizer(torch.nn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match="prog_bar"):
+        EntropyRegularizer(combined_loss(), prog_bar=("nope",))
+    with pytest.raises(ValueError):
+        EntropyRegularizer(combined_loss(), log_every_n_steps=-1)
+    with pytest.raises(TypeError):
+        EntropyRegularizer(combined_loss(), schedule=0.5)
