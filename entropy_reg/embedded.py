@@ -194,6 +194,10 @@ def _method_records(class_label: str, cls: type) -> list[dict[str, str]]:
             obj = obj.__func__
         if name.startswith("_") or not inspect.isroutine(obj):
             continue
+        # Other libraries monkeypatch stdlib classes (transformers adds ``logging.Logger.warning_once``);
+        # keep only methods from the class' own module so the dataset does not depend on imports.
+        if getattr(obj, "__module__", None) not in (None, cls.__module__):
+            continue
         doc = obj.__doc__ if isinstance(obj.__doc__, str) else None
         if doc:
             records.append({"prompt": f"What does the method `{class_label}.{name}` do?", "response": doc})
