@@ -446,20 +446,26 @@ class SFTDataModule(LightningDataModule):
             )
 
     def _drop_unusable(self, data, name: str):
-        data_keep = data.filter(lambda keep: keep, input_columns="keep", keep_in_memory=True)
+        """Remove rows marked ``keep=False``; record and warn how many were dropped or truncated."""
+        with _quiet_progress_bars():
+            data_keep = data.filter(lambda keep: keep, input_columns="keep", keep_in_memory=True)
         dropped = len(data) - len(data_keep)
-        self.dropped[name] = dropped
+        truncated = sum(data_keep["truncated"])
+        self.dropped[name], self.truncated[name] = dropped, truncated
         if dropped:
-            reason = (
-                "longer than max_length"
-                if self.truncation == "drop"
-                else "with no response token within max_length"
-            )
+            reason = "longer than" if self.truncation == "drop" else "with no response token within"
             warnings.warn(
-                f"SFTDataModule: dropped {dropped} of {len(data)} {name} rows {reason} ({self.max_length} tokens)",
-                stacklevel=2,
+                f"SFTDataModule: dropped {dropped} of {len(data)} {name} rows {reason} "
+                f"max_length={self.max_length} tokens",
+                stacklevel=3,
             )
-        return data_keep.remove_columns("keep").with_format(None)
+        if truncated:
+            warnings.warn(
+                f"SFTDataModule: truncated {truncated} of {len(data)} {name} rows to "
+                f"max_length={self.max_length} tokens (the end of their responses is not trained on)",
+                stacklevel=3,
+            )
+        return data_keep.remove_columns(["keep", "truncated"])
 
     # -- loaders
 

@@ -10,8 +10,9 @@ Sources, in a fixed order:
    ``"What does `json.dumps` do?"``.
 
 Cleaning: whitespace runs collapse to one space; responses are cut at the last sentence end before
-``MAX_RESPONSE_CHARS`` (~1200 characters, about 100-400 tokens depending on the tokenizer); responses
-shorter than ``MIN_RESPONSE_CHARS`` are dropped; duplicate responses keep their first occurrence.
+``MAX_RESPONSE_CHARS`` (800 characters: ~230 tokens of the tiny tokenizer, ~190 of SmolLM2's, so
+that a prompt and its response fit the default ``max_length=256``); responses shorter than
+``MIN_RESPONSE_CHARS`` are dropped; duplicate responses keep their first occurrence.
 
 Determinism: no dict/set iteration order or hash seed is involved (keys and names are sorted, the
 held-out assignment uses sha256 of the prompt). The *content* does depend on the Python version (its
@@ -33,7 +34,7 @@ from typing import Literal
 
 Split = Literal["train", "heldout", "all"]
 
-MAX_RESPONSE_CHARS = 1200
+MAX_RESPONSE_CHARS = 800
 MIN_RESPONSE_CHARS = 150
 # Share of records (by a hash of the prompt) reserved for held-out perplexity / validation.
 HELDOUT_FRACTION = 0.1
