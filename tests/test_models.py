@@ -138,3 +138,10 @@ def test_smollm2_gguf_loads_and_answers():
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+    # SFT masking works with its template (which inserts a default system prompt).
+    from entropy_reg.data import IGNORE_INDEX, tokenize_prompt_response
+
+    ids, labels = tokenize_prompt_response(tokenizer, "Hi?", "Hello.")
+    assert tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX]) == (
+        "Hello.<|im_end|>\n"
+    )
