@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from typing import Any, Literal
@@ -51,7 +52,9 @@ def build_loss(loss: EntropyRegularizedLoss | dict | None) -> EntropyRegularized
 
         parser = ArgumentParser(exit_on_error=False)
         parser.add_argument("--loss", type=EntropyRegularizedLoss)
-        return parser.instantiate_classes(parser.parse_object({"loss": loss})).loss
+        # deepcopy: parse_object turns nested dicts of the caller's config into Namespaces in place.
+        config = parser.parse_object({"loss": copy.deepcopy(loss)})
+        return parser.instantiate_classes(config).loss
     if not isinstance(loss, EntropyRegularizedLoss):
         raise TypeError(f"CausalLMModule: loss must be an EntropyRegularizedLoss or None, got {type(loss).__name__}")
     return loss
