@@ -48,6 +48,7 @@ def chunk_stats(
     copy_index: CopySetIndex | None,
     want: set[str],
     ul_eps: float,
+    e_out: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Statistics of one chunk, plus what the gradient step needs.
 
@@ -58,6 +59,8 @@ def chunk_stats(
         copy_index: the copy-set index, or None when input_ids were not given.
         want: which of "copy", "unlikelihood", "smooth" to compute (ce/entropy/tail are always computed).
         ul_eps: clamp of 1 - p in the unlikelihood.
+        e_out: optional preallocated ``[R, V]`` buffer for exp(z - max) (reused across chunks so that
+            the pass does not page-fault fresh memory every chunk).
 
     Returns:
         ``(stats, saved)``: stats maps "ce", "entropy", "tail@k", and the wanted extras to ``[R]``;
@@ -69,7 +72,7 @@ def chunk_stats(
     # for a stable exp anyway, so this replaces the max pass.
     top_vals, top_idx = torch.topk(z, kmax, dim=1, sorted=True)
     m = top_vals[:, 0]
-    e = torch.sub(z, m[:, None])
+    e = torch.sub(z, m[:, None], out=e_out) if e_out is not None else torch.sub(z, m[:, None])
     e.exp_()
     s = e.sum(dim=1)
     lse = m + s.log()
@@ -82,7 +85,8 @@ def chunk_stats(
     p_top = torch.exp(top_vals - lse[:, None])
     head = p_top.cumsum(dim=1)
     for k in top_ks:
-        stats[f"tail@{k}"] = (1.0 - head[:, k - 1]).clamp_min(0.0)
+        # k == V: the tail is empty; say 0 exactly rather than 1 - (a sum that rounds to 1 - 3e-8).
+        stats[f"tail@{k}"] = torch.zeros_like(m) if k >= V else (1.0 - head[:, k - 1]).clamp_min(0.0)
     saved: dict[str, Tensor] = {"e": e, "s": s, "mu": mu, "top_idx": top_idx, "p_top": p_top}
 
     if copy_index is not None and ({"copy", "unlikelihood"} & want):
