@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from entropy_reg.metrics.entropy import token_entropy
+from entropy_reg.metrics.entropy import entropy_and_logsumexp
 
 
 @dataclass(frozen=True)
@@ -248,14 +248,14 @@ def generate_with_entropy(
                 new_tokens = out.sequences[:, input_ids.shape[1] :]  # [b, steps]
                 # One vectorised pass per step over [b, V]; stacking all steps at once would hold a
                 # [b, steps, V] float32 copy (100 MB for a 49k vocab at b=8, 64 steps).
-                ent = torch.stack([token_entropy(step) for step in out.logits], dim=1)  # [b, steps]
-                lp = torch.stack(
-                    [
-                        torch.log_softmax(step.float(), dim=-1).gather(-1, new_tokens[:, k, None]).squeeze(-1)
-                        for k, step in enumerate(out.logits)
-                    ],
-                    dim=1,
-                )
+                ent_steps, lp_steps = [], []
+                for k, step_logits in enumerate(out.logits):
+                    h, lse = entropy_and_logsumexp(step_logits)
+                    chosen = step_logits.gather(-1, new_tokens[:, k, None]).squeeze(-1).float()
+                    ent_steps.append(h)
+                    lp_steps.append(chosen - lse)  # log p(chosen) = z_y - logsumexp(z)
+                ent = torch.stack(ent_steps, dim=1)  # [b, steps]
+                lp = torch.stack(lp_steps, dim=1)
                 _collect(
                     batch, new_tokens.cpu(), ent.cpu(), lp.cpu(), eos_ids, out_ids, out_ent, out_lp, out_eos
                 )

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from entropy_reg.metrics import entropy_summary, low_entropy_run_length, token_entropy
+from entropy_reg.metrics import entropy_and_logsumexp, entropy_summary, low_entropy_run_length, token_entropy
 
 
 def test_uniform_and_one_hot():
@@ -65,3 +65,13 @@ def test_entropy_summary_errors():
         entropy_summary([1.0, float("nan")])
     with pytest.raises(ValueError):
         token_entropy([1.0, 2.0])
+
+
+def test_masked_rows_in_a_batch_and_logsumexp():
+    # row 0: two equal logits + two -inf -> ln 2 ; row 1: uniform over 4 -> ln 4 (fast path untouched)
+    z = torch.tensor([[1.0, 1.0, -float("inf"), -float("inf")], [0.0, 0.0, 0.0, 0.0]])
+    h, lse = entropy_and_logsumexp(z)
+    torch.testing.assert_close(h, torch.tensor([math.log(2), math.log(4)]))
+    # lse: log(2 e^1) = 1 + ln 2 ; log(4 e^0) = ln 4
+    torch.testing.assert_close(lse, torch.tensor([1 + math.log(2), math.log(4)]))
+    assert torch.equal(z[0, 2:], torch.tensor([-float("inf")] * 2))  # input not modified

@@ -6,6 +6,7 @@ takes a model (it needs a forward pass).
 
 from entropy_reg.metrics.entropy import (
     DEFAULT_LOW_ENTROPY_THRESHOLD,
+    entropy_and_logsumexp,
     entropy_summary,
     low_entropy_run_length,
     token_entropy,
@@ -44,6 +45,7 @@ __all__ = [
     "detect_loop",
     "distinct_n",
     "diversity",
+    "entropy_and_logsumexp",
     "entropy_summary",
     "eos_rate",
     "hit_max_length_rate",

@@ -17,6 +17,39 @@ import torch
 DEFAULT_LOW_ENTROPY_THRESHOLD = 0.5
 
 
+def entropy_and_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy (nats) and log-partition of ``softmax(logits)`` along the last dim, in float32.
+
+    ``H = lse - mu`` with ``mu = sum_j p_j z_j``, on max-shifted logits ``z = logits - max``: with
+    ``e = exp(z)`` and ``S = sum e``, ``lse = max + log S`` and ``H = log S - (e . z) / S``. The dot product
+    is one fused ``vecdot`` (2.5x faster on CPU than separate softmax/where/multiply/sum passes, which
+    matters when this runs at every generation step). A row holding ``-inf`` logits makes ``0 * -inf =
+    NaN`` inside the dot; only such rows are recomputed with the zero terms masked out.
+
+    Args:
+        logits: [..., V] raw logits (any float dtype; at least one finite logit per row).
+
+    Returns:
+        ``(entropy [...], lse [...])``, float32; entropy clamped at 0 (rounding can give -1e-7).
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.ndim < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a non-empty last (vocab) dimension, got shape {tuple(logits.shape)}")
+    z = logits.float()
+    m = z.amax(dim=-1, keepdim=True)
+    z = z - m  # new tensor: the caller's logits are never modified
+    e = torch.exp(z)
+    total = e.sum(dim=-1)
+    dot = torch.linalg.vecdot(e, z)
+    bad = ~torch.isfinite(dot)
+    if bool(bad.any()):
+        safe = torch.where(e[bad] > 0, e[bad] * z[bad], torch.zeros((), dtype=z.dtype, device=z.device))
+        dot = dot.masked_scatter(bad, safe.sum(dim=-1))
+    log_total = total.log()
+    return (log_total - dot / total).clamp_min(0.0), m.squeeze(-1) + log_total
+
+
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of ``softmax(logits)`` along the last dimension, in nats, computed in float32.
 
@@ -25,20 +58,9 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
             logit per row).
 
     Returns:
-        [...] float32 entropies, clamped at 0 (rounding can give -1e-7).
+        [...] float32 entropies (see :func:`entropy_and_logsumexp` for the numerics).
     """
-    if not isinstance(logits, torch.Tensor):
-        raise ValueError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.ndim < 1 or logits.shape[-1] == 0:
-        raise ValueError(f"logits must have a non-empty last (vocab) dimension, got shape {tuple(logits.shape)}")
-    z = logits.float()
-    z = z - z.amax(dim=-1, keepdim=True)  # max-shift: lse stays in a safe range
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    p = torch.exp(z - lse)
-    # p * z with p == 0 and z == -inf is NaN: zero those terms explicitly.
-    pz = torch.where(p > 0, p * z, torch.zeros((), dtype=z.dtype, device=z.device))
-    mu = pz.sum(dim=-1)
-    return (lse.squeeze(-1) - mu).clamp_min(0.0)
+    return entropy_and_logsumexp(logits)[0]
 
 
 def _as_float_list(values: Any, what: str = "entropies") -> list[float]:
