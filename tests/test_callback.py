@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from entropy_reg.callbacks import CoefficientSchedule, EntropyRegularizer
+from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
 
 V, B, T = 64, 4, 12
@@ -213,3 +217,53 @@ def test_bad_arguments_rejected():
         EntropyRegularizer(combined_loss(), log_every_n_steps=-1)
     with pytest.raises(TypeError):
         EntropyRegularizer(combined_loss(), schedule=0.5)
+
+
+class _RecordRankMetrics(Callback):
+    """Writes each rank's reduced train/* metrics to a file (ddp_spawn ranks are separate processes)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        assert outputs["loss"].item() > pl_module.user_losses[-1]
+
+    def on_train_end(self, trainer, pl_module):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_see_identical_reduced_metrics(tmp_path):
+    module = UserModule()
+    trainer = Trainer(
+        max_steps=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, log_every_n_steps=1,
+        callbacks=[EntropyRegularizer(combined_loss()), _RecordRankMetrics(str(tmp_path))],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=random_batches())
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert "train/entropy" in ranks[0]
+    # each rank saw different batches; after the sum/count reduction both log the same global means
+    assert ranks[0] == ranks[1]
+
+
+class _FakeTwoRankStrategy:
+    """reduce(sum) as if a second rank held `other`."""
+
+    def __init__(self, other: torch.Tensor) -> None:
+        self.other = other
+
+    def reduce(self, tensor, reduce_op="mean"):
+        assert reduce_op == "sum"
+        return tensor + self.other
+
+
+def test_stats_window_reduces_sums_and_counts_not_means():
+    window = StatsWindow("train/")
+    # rank 0: 1 token with entropy 1.0; rank 1: 3 tokens with entropy 3.0 each (sum 9.0)
+    window.update({"entropy": torch.tensor(1.0, dtype=torch.float64)}, torch.tensor(1))
+    other = torch.tensor([9.0, 3.0], dtype=torch.float64)  # [entropy sum, count]
+    means = window.reduce(_FakeTwoRankStrategy(other))
+    assert means["train/entropy"].item() == pytest.approx(10.0 / 4)  # not (1.0 + 3.0) / 2
+    assert window.reduce(None) == {}  # reset after reduce

@@ -151,3 +151,17 @@ def test_python_m_entropy_reg_help():
     )
     assert out.returncode == 0, out.stderr
     assert "fit" in out.stdout and "compare" in out.stdout
+
+
+def test_wandb_logger_replaced_by_csv_when_wandb_unavailable(monkeypatch, no_wandb_key, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    monkeypatch.setattr(cli_mod, "wandb_available", lambda: False)
+    with pytest.warns(UserWarning, match="CSVLogger"):
+        cli = cli_mod.EntropyRegCLI(
+            args=["--config", COMBINED, "--data.max_records", "8", "--trainer.logger.init_args.save_dir",
+                  str(tmp_path)],
+            run=False,
+        )
+    assert isinstance(cli.trainer.logger, CSVLogger)
+    assert cli.trainer.logger.save_dir == str(tmp_path) and cli.trainer.logger.name == "tiny-combined"

@@ -131,7 +131,6 @@ class EntropyRegularizer(Callback):
             )
         name, model = find_causal_lm(pl_module, self.model_attr)
         self._detach()  # a second fit() on the same trainer: never stack two wrappers
-        self.loss.to(pl_module.device)
         self._handles = [
             model.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
             model.register_forward_hook(self._post_hook, with_kwargs=True),
@@ -149,6 +148,10 @@ class EntropyRegularizer(Callback):
             f"EntropyRegularizer: regularizing {type(model).__name__} at "
             f"{type(pl_module).__name__}.{name or '<module itself>'} with {self.loss.term_names or 'no terms'}"
         )
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The strategy has placed the module by now (it has not at setup); keep any loss state with it.
+        self.loss.to(pl_module.device)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
