@@ -20,6 +20,11 @@ __all__ = [
     "AntiCopyPenalty",
     "ConfidencePenalty",
     "LabelSmoothing",
+    "CausalLMModule",
+    "SFTDataModule",
+    "EntropyRegularizer",
+    "CoefficientSchedule",
+    "GenerationEval",
 ]
 
 
@@ -33,4 +38,8 @@ def __getattr__(name):
         from .data import SFTDataModule
 
         return SFTDataModule
+    if name in ("EntropyRegularizer", "CoefficientSchedule", "GenerationEval"):
+        from . import callbacks
+
+        return getattr(callbacks, name)
     raise AttributeError(f"module 'entropy_reg' has no attribute {name!r}")
