@@ -1,0 +1,131 @@
+"""``entropy-reg compare``: paired comparison report of a baseline and a candidate model.
+
+::
+
+    entropy-reg compare --baseline runs/base/last.ckpt --candidate runs/reg/last.ckpt
+    entropy-reg compare runs/base/last.ckpt runs/reg/last.ckpt --decoding greedy,top_p --seeds 3 --out cmp/
+    entropy-reg compare tiny path/to/hf_dir --prompts prompts.jsonl --max-new-tokens 64 --wandb
+
+A model PATH is a Lightning ``.ckpt`` written by CausalLMModule, a Hugging Face model directory, a
+``.gguf`` file, ``tiny`` or ``embedded:smollm2-135m-instruct``. Writes ``report.md``, ``report.html``,
+``metrics.json`` and the PNG plots into ``--out``; prints the table and the report path.
+
+Exit status: 0 on success, 2 on a bad input (the message names the file/path/option); ``--out`` is
+left untouched on failure (all files are written only after the comparison succeeded, atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from entropy_reg.report.prompts import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="entropy-reg compare",
+        description="Compare a baseline and a candidate model on identical prompts, seeds and held-out text: "
+        "repetition, entropy, collapse and perplexity metrics with paired bootstrap 95%% CIs.",
+    )
+    p.add_argument("baseline_pos", nargs="?", metavar="BASELINE", help="baseline model (or use --baseline)")
+    p.add_argument("candidate_pos", nargs="?", metavar="CANDIDATE", help="candidate model (or use --candidate)")
+    p.add_argument("--baseline", help="baseline model: .ckpt, HF dir, .gguf, 'tiny' or 'embedded:...'")
+    p.add_argument("--candidate", help="candidate model (same tokenizer as the baseline)")
+    p.add_argument("--prompts", metavar="FILE", help="prompts: .txt one per line, or .jsonl with \"prompt\" "
+                   "(default: built-in set of Python-docs questions, English and Chinese)")
+    p.add_argument("--decoding", default="greedy,top_p",
+                   help="comma-separated decoding presets (greedy, top_p, min_p, temperature, rep_penalty); "
+                   "default %(default)s")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="default %(default)s")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per sampling decoding (greedy uses one); "
+                   "default %(default)s")
+    p.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
+    p.add_argument("--out", default="compare_out", help="output directory; default %(default)s")
+    p.add_argument("--heldout", metavar="FILE", help="held-out text: .txt one text per line, or .jsonl with "
+                   "\"text\" (or prompt/response); default: the embedded heldout split")
+    p.add_argument("--max-heldout", type=int, default=128, help="use the first N held-out texts; default %(default)s")
+    p.add_argument("--max-length", type=int, default=256, help="held-out tokens per text; default %(default)s")
+    p.add_argument("--probe-repeats", type=int, default=8, help="copies N in the DITTO probe; default %(default)s")
+    p.add_argument("--probe-sentences", type=int, default=8, help="probe sentences; default %(default)s")
+    p.add_argument("--rep-window", type=int, default=16, help="l of rep/l and wrep/l; default %(default)s")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples; default %(default)s")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="default %(default)s")
+    p.add_argument("--max-samples", type=int, default=12, help="completions shown per decoding in the HTML")
+    p.add_argument("--wandb", action="store_true", help="also log a W&B run (offline when no API key)")
+    p.add_argument("--wandb-project", default="entropy-reg")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _pick(pos: str | None, opt: str | None, role: str) -> str:
+    if pos and opt and pos != opt:
+        raise InputError(f"{role} given twice ({pos!r} and --{role} {opt!r})")
+    value = opt or pos
+    if not value:
+        raise InputError(f"missing the {role} model: pass --{role} PATH (or two positional paths)")
+    return value
+
+
+def run(argv: Sequence[str]) -> int:
+    """Parse ``argv``, compare, write the report; raises InputError on bad inputs."""
+    from entropy_reg.report.compare import CompareConfig, compare_models
+    from entropy_reg.report.output import check_out_dir
+    from entropy_reg.report.write import write_report
+
+    args = build_parser().parse_args(list(argv))
+    config = CompareConfig(
+        baseline=_pick(args.baseline_pos, args.baseline, "baseline"),
+        candidate=_pick(args.candidate_pos, args.candidate, "candidate"),
+        prompts_file=args.prompts,
+        decodings=[d for d in args.decoding.split(",") if d.strip()],
+        max_new_tokens=args.max_new_tokens,
+        seeds=args.seeds,
+        batch_size=args.batch_size,
+        heldout_file=args.heldout,
+        max_heldout=args.max_heldout,
+        max_length=args.max_length,
+        probe_repeats=args.probe_repeats,
+        probe_sentences=args.probe_sentences,
+        rep_window=args.rep_window,
+        n_bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
+        progress=not args.no_progress,
+    )
+    config.validate()
+    if args.max_samples < 0:
+        raise InputError(f"--max-samples must be >= 0, got {args.max_samples}")
+    out = check_out_dir(args.out)
+    t0 = time.perf_counter()
+    cmp = compare_models(config)
+    paths = write_report(cmp, out, max_samples=args.max_samples, wandb_project=args.wandb_project if args.wandb
+                         else None)
+    from entropy_reg.report.markdown import table
+
+    print(table(cmp.rows))
+    print(f"compare took {time.perf_counter() - t0:.1f}s")
+    print(f"report: {paths['report.html']}  (also {paths['report.md']}, {paths['metrics.json']})")
+    if "wandb" in paths:
+        print(f"W&B run: {paths['wandb']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point called by ``entropy_reg.cli.main`` with the arguments after ``compare``.
+
+    Bad inputs raise ``SystemExit(2)`` after printing the reason (like argparse), so the exit status is
+    non-zero however the entry point is wrapped.
+    """
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except InputError as err:
+        print(f"entropy-reg compare: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+if __name__ == "__main__":
+    main()

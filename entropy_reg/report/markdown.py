@@ -1,0 +1,68 @@
+"""Markdown rendering of the metric table (report.md and the stdout summary)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from entropy_reg.report.rows import Row
+
+HEADER = ("metric", "baseline", "candidate", "difference", "95% CI", "rel.", "variant")
+
+
+def fmt(x: float | None, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:+.3e}" if signed else f"{x:.3e}"
+    return f"{x:+.4f}" if signed else f"{x:.4f}"
+
+
+def row_cells(row: Row) -> list[str]:
+    iv = row.interval
+    ci = f"[{fmt(iv.low, True)}, {fmt(iv.high, True)}]" if iv and iv.low is not None else "—"
+    rel = f"{row.relative:+.1f}%" if row.relative is not None else "—"
+    return [row.label, fmt(row.baseline), fmt(row.candidate), fmt(row.diff, True), ci, rel, row.variant]
+
+
+def sections(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        out.setdefault(r.section, []).append(r)
+    return out
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def table(rows: list[Row]) -> str:
+    lines = []
+    for section, items in sections(rows).items():
+        lines += [f"### {section}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(_escape(c) for c in row_cells(r)) + " |" for r in items]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render(cmp: Any) -> str:
+    """The whole report.md."""
+    c = cmp.config
+    dec_lines = ", ".join(f"{d} ({len(by['baseline'].seeds)} seed(s))" for d, by in cmp.runs.items())
+    n_ht = int(cmp.heldout["baseline"].n_tokens.size)
+    return "\n".join([
+        "# entropy-reg compare",
+        "",
+        f"- baseline: `{c.baseline}`",
+        f"- candidate: `{c.candidate}`",
+        f"- prompts: {len(cmp.prompts)} ({c.prompts_file or 'built-in set'}); decodings: {dec_lines}; "
+        f"max_new_tokens={c.max_new_tokens}",
+        f"- held-out: {n_ht} texts ({c.heldout_file or 'embedded heldout split'}), max_length={c.max_length}",
+        f"- difference = candidate - baseline; 95% CI: paired percentile bootstrap, {c.n_bootstrap} resamples "
+        f"of prompts x seeds (held-out: texts; probe: sentences), seed {c.bootstrap_seed}. "
+        "rel. = difference / |baseline|.",
+        "- metrics are computed on token ids (language independent); entropies in nats from raw logits.",
+        "",
+        table(cmp.rows),
+    ])

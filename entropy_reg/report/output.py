@@ -1,0 +1,113 @@
+"""Writing the report directory safely, and the optional W&B run.
+
+Every file is written to a temporary sibling and renamed into place (``os.replace`` is atomic on one
+file system), and nothing is written before the whole comparison has succeeded: a failed or
+interrupted run never leaves a half-written file or clobbers an earlier report in ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from entropy_reg.report.prompts import InputError
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Create ``out`` if needed and prove it is writable (before hours of generation, not after)."""
+    path = Path(out).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"output directory {str(path)!r} is not writable: {err.strerror or err}") from None
+    return path
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(_json_safe(data), ensure_ascii=False, indent=1, allow_nan=False)
+
+
+def log_wandb(cmp: Any, plots: dict[str, bytes], out: Path, project: str = "entropy-reg") -> str:
+    """One W&B run (job_type "compare"): summary scalars, a metrics table, completions, plots.
+
+    Offline (under ``out/wandb``) when no API key is configured. Returns the run directory.
+    """
+    import io
+
+    import wandb
+    from PIL import Image
+
+    from entropy_reg.logging_utils import configure_wandb_env
+
+    configure_wandb_env()
+    c = cmp.config
+    run = wandb.init(project=project, job_type="compare", dir=str(out), reinit="finish_previous",
+                     name=f"compare-{Path(c.candidate).stem}-vs-{Path(c.baseline).stem}",
+                     config={k: v for k, v in cmp.to_json()["config"].items()})
+    try:
+        cols = ["section", "metric", "variant", "baseline", "candidate", "difference", "ci_low", "ci_high"]
+        data = [[r.section, r.label, r.variant, r.baseline, r.candidate, r.diff,
+                 r.interval.low if r.interval else None, r.interval.high if r.interval else None] for r in cmp.rows]
+        samples = []
+        for dec, by_role in cmp.runs.items():
+            base, cand = by_role["baseline"], by_role["candidate"]
+            for p in range(base.n_prompts):
+                for si, seed in enumerate(base.seeds):
+                    u = base.unit(p, si)
+                    samples.append([dec, seed, cmp.prompts[p], base.texts[u], cand.texts[u]])
+        payload: dict[str, Any] = {
+            "compare/metrics": wandb.Table(columns=cols, data=data),
+            "compare/completions": wandb.Table(columns=["decoding", "seed", "prompt", "baseline", "candidate"],
+                                               data=samples),
+        }
+        for name, png in plots.items():
+            payload[f"compare/{Path(name).stem}"] = wandb.Image(Image.open(io.BytesIO(png)))
+        run.log(payload)
+        for r in cmp.rows:
+            key = f"{r.section}/{r.key}".replace(" ", "_")
+            run.summary[f"{key}/baseline"] = r.baseline
+            run.summary[f"{key}/candidate"] = r.candidate
+            run.summary[f"{key}/diff"] = r.diff
+        return str(run.dir)
+    finally:
+        run.finish()
