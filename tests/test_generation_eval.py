@@ -190,3 +190,22 @@ def test_prompt_file_and_defaults(tmp_path):
     with pytest.raises(ValueError):
         GenerationEval(prompts=tmp_path / "missing.txt")
     assert any(any("\u4e00" <= ch <= "\u9fff" for ch in p) for p in DEFAULT_PROMPTS)
+
+
+def test_only_rank_zero_generates_and_every_rank_meets_the_barrier():
+    from types import SimpleNamespace
+
+    barriers = []
+    cb = GenerationEval(prompts=["a"], every_n_steps=1)
+    cb.evaluate = lambda trainer, module: pytest.fail("rank 1 must not generate")
+    strategy = SimpleNamespace(barrier=lambda name=None: barriers.append(name))
+    cb._run(SimpleNamespace(global_step=3, is_global_zero=False, strategy=strategy), None)
+    assert barriers == ["GenerationEval"]
+
+    def boom(trainer, module):
+        raise RuntimeError("generation failed")
+
+    cb.evaluate = boom  # an error on rank 0 still releases the other ranks, then propagates
+    with pytest.raises(RuntimeError):
+        cb._run(SimpleNamespace(global_step=4, is_global_zero=True, strategy=strategy), None)
+    assert barriers == ["GenerationEval", "GenerationEval"]

@@ -203,11 +203,14 @@ class GenerationEval(Callback):
     # ---- work --------------------------------------------------------------------------------------
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_step = trainer.global_step
-        if trainer.is_global_zero:
-            self.evaluate(trainer, pl_module)
-        # Every rank reaches this line for the same step (the trigger depends only on global_step and the
-        # loop state), so the barrier cannot hang; ranks > 0 do no generation work.
-        trainer.strategy.barrier("GenerationEval")
+        try:
+            if trainer.is_global_zero:
+                self.evaluate(trainer, pl_module)
+        finally:
+            # Every rank reaches this barrier for the same step (the trigger depends only on global_step
+            # and the loop state), so it cannot hang; ranks > 0 do no generation work. It sits in
+            # `finally` so that an error on rank 0 releases the waiting ranks instead of deadlocking them.
+            trainer.strategy.barrier("GenerationEval")
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Generate, compute metrics and log them; returns the scalar metrics (rank 0)."""
