@@ -123,11 +123,11 @@ class EntropyEvalCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         step = state.global_step
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._run(args, state, model, processing_class)
+            self._run(args, state, control, model, processing_class)
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.run_on_evaluate and state.global_step != self._last_step:
-            self._run(args, state, model, processing_class)
+            self._run(args, state, control, model, processing_class)
 
     # ---- work --------------------------------------------------------------------------------------
     def _tokenizer(self, processing_class: Any) -> Any:
@@ -141,7 +141,7 @@ class EntropyEvalCallback(TrainerCallback):
             )
         return tokenizer
 
-    def _run(self, args: Any, state: Any, model: Any, processing_class: Any) -> None:
+    def _run(self, args: Any, state: Any, control: Any, model: Any, processing_class: Any) -> None:
         self._last_step = state.global_step
         if not state.is_world_process_zero:
             return
@@ -155,7 +155,11 @@ class EntropyEvalCallback(TrainerCallback):
         # training metrics, which must not happen from a main-process-only call.
         from transformers import Trainer
 
+        # Trainer.log's on_log event clears control.should_log; from on_step_end that would swallow the
+        # step's own training log (loss, learning rate, our statistics), so the flag is restored.
+        should_log = control.should_log
         Trainer.log(self._trainer, {"eval_" + k[len("eval/"):]: v for k, v in scalars.items()})
+        control.should_log = should_log
         run = self._wandb_run(args)
         if run is not None and (self._eval.log_table or self._eval.log_histogram):
             run.log({**self._eval._wandb_extras(results, None, step), "train/global_step": step})
