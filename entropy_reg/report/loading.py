@@ -33,11 +33,18 @@ def check_model_path(path: str, role: str) -> None:
 
 def load_one(path: str, role: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of ``path`` in eval mode; loading errors become InputError naming the role."""
+    from transformers.utils import logging as hf_logging
+
     check_model_path(path, role)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars would bury the compare bar
     try:
         model, tokenizer = load_model_and_tokenizer(os.fspath(path))
     except (FileNotFoundError, ValueError, OSError, KeyError, RuntimeError) as err:
         raise InputError(f"cannot load the {role} model from {path!r}: {err}") from None
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     return model.eval(), tokenizer
 
 
@@ -49,9 +56,11 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any, path_a: str, path_b: str, promp
         only_a = sorted(set(vocab_a) - set(vocab_b))[:3]
         only_b = sorted(set(vocab_b) - set(vocab_a))[:3]
         moved = sorted(t for t in set(vocab_a) & set(vocab_b) if vocab_a[t] != vocab_b[t])[:3]
+        details = [f"sizes {len(vocab_a)} vs {len(vocab_b)}"]
+        details += [f"{what} e.g. {items}" for what, items in (
+            ("only in baseline", only_a), ("only in candidate", only_b), ("different ids", moved)) if items]
         raise InputError(
-            f"tokenizer mismatch, {where}: vocabularies differ (sizes {len(vocab_a)} vs {len(vocab_b)}; "
-            f"only in baseline e.g. {only_a}, only in candidate e.g. {only_b}, different ids e.g. {moved}). "
+            f"tokenizer mismatch, {where}: vocabularies differ ({'; '.join(details)}). "
             "Compare models fine-tuned from the same base model."
         )
     for text in _PROBE_STRINGS:

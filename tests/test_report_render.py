@@ -1,0 +1,79 @@
+"""Rendering helpers of the compare report: span highlighting (CJK-safe), tables, JSON, atomic writes."""
+
+import html
+import json
+import re
+
+import numpy as np
+import pytest
+
+from entropy_reg.report.bootstrap import Interval
+from entropy_reg.report.html import highlighted, token_flags
+from entropy_reg.report.markdown import fmt, table
+from entropy_reg.report.output import atomic_write, to_json
+from entropy_reg.report.rows import Row
+from entropy_reg.tiny import build_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+def test_token_flags_loop_tail_and_repeated_ngrams():
+    ids = [9, 8, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4]
+    flags = token_flags(ids)
+    assert flags[:2] == ["", ""]
+    assert set(flags[2:]) == {"loop"}  # detect_loop: period-4 tail from index 2
+    # a repeated 4-gram that is not a looping tail is marked "rep"
+    flags = token_flags([1, 2, 3, 4, 7, 1, 2, 3, 4, 9, 5, 6, 8])
+    assert flags[5:9] == ["rep"] * 4 and flags[:5] == [""] * 5 and flags[9:] == [""] * 4
+
+
+def _strip_tags(s):
+    return html.unescape(re.sub(r"<[^>]+>", "", s))
+
+
+@pytest.mark.parametrize("text", [
+    "你好世界。你好世界。你好世界。你好世界。",
+    "a < b & c > d 'x' \"y\" <script>alert(1)</script> a < b & c > d",
+    "for for for for for for for for",
+])
+def test_highlighted_text_is_escaped_and_complete(tok, text):
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    out = highlighted(tok, ids)
+    assert "<script>" not in out
+    assert "\ufffd" not in out  # no multi-byte character cut in half between spans
+    assert _strip_tags(out) == tok.decode(ids, skip_special_tokens=True)
+    if text.startswith("你好") or text.startswith("for"):
+        assert 'class="loop"' in out
+
+
+def _row(**kw):
+    base = {"section": "s", "key": "k", "label": "a|b", "variant": "v", "baseline": 1.0, "candidate": 0.5,
+            "interval": Interval(-0.5, -0.7, -0.3, 100)}
+    base.update(kw)
+    return Row(**base)
+
+
+def test_markdown_table_escapes_pipes_and_formats():
+    md = table([_row(), _row(key="z", baseline=0.0, candidate=0.0, interval=None)])
+    assert "a\\|b" in md
+    assert "| -0.5000 | [-0.7000, -0.3000] | -50.0% |" in md
+    assert md.count("### s") == 1  # one section heading
+    assert fmt(None) == "—" and fmt(float("nan")) == "—" and fmt(2.5e-5) == "2.500e-05"
+
+
+def test_row_dict_and_strict_json():
+    d = _row().to_dict()
+    assert d["diff"] == -0.5 and d["relative_pct"] == -50.0 and d["ci_low"] == -0.7
+    text = to_json({"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(3), float("inf")]})
+    assert json.loads(text) == {"a": None, "b": 1.5, "c": [3, None]}
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "report.md"
+    target.write_text("old", "utf-8")
+    atomic_write(target, "new 中文")
+    assert target.read_text("utf-8") == "new 中文"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
