@@ -163,6 +163,9 @@ def test_trainer_steps_log_metrics_schedule_and_conventions(tmp_path):
         assert int(n_items) == int((labels[:, 1:] != -100).sum())
     assert any(not grad for *_, grad in loss_fn.seen)
 
+    trainer.predict(Dataset.from_list(data[:2]))  # runs the loss, logs nothing: its statistics are dropped
+    assert not loss_fn.eval_stats.reduce()
+
     attachment.detach()
     assert not trainer.model._forward_pre_hooks
     assert all(type(cb).__name__ != "_LossMetricsCallback" for cb in trainer.callback_handler.callbacks)

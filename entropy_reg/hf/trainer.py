@@ -72,6 +72,11 @@ class _LossMetricsCallback(TrainerCallback):
         if self.loss_fn.schedule is not None:
             self.loss_fn.loss.scale = self.loss_fn.schedule(state.global_step)
 
+    def on_predict(self, args, state, control, **kwargs):
+        # Trainer.predict runs the loss but logs nothing: drop its statistics, or they would be merged
+        # into the next evaluation's.
+        self.loss_fn.eval_stats.reset()
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None:
             return
