@@ -257,3 +257,40 @@ def test_constructor_and_attach_errors(tmp_path, monkeypatch):
     assert "compute_loss_func" not in inspect.signature(Trainer.__init__).parameters
     with pytest.raises(ImportError, match=r"transformers>=4\.46"):
         EntropyRegularizedTrainerLoss(reg_loss())
+
+
+def _two_rank_flush(rank: int, world: int, port: int, results) -> None:
+    import torch.distributed as dist
+    from transformers import TrainerControl, TrainerState
+
+    from entropy_reg.hf.trainer import _LossMetricsCallback
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        loss_fn = EntropyRegularizedTrainerLoss(EntropyRegularizedLoss())
+        # rank 0: 1 row with entropy 1; rank 1: 3 rows with entropy sum 9 -> token mean 10 / 4, not (1 + 3) / 2
+        count = torch.tensor(1 if rank == 0 else 3)
+        sums = {k: torch.tensor(1.0 if rank == 0 else 9.0, dtype=torch.float64)
+                for k in ("loss", "ce", "entropy", "tail_mass", "copy_mass")}
+        loss_fn.train_stats.update(sums, count)
+        logs = {"loss": 1.0}
+        state = TrainerState()
+        state.log_history.append({**logs, "step": 0})
+        _LossMetricsCallback(loss_fn).on_log(None, state, TrainerControl(), logs=logs)
+        results[rank] = (logs["entropy"], state.log_history[-1].get("entropy"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_statistics_reduced_as_sums_and_counts_across_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    # fork: the children inherit the imported modules (spawn would re-import transformers: ~20 s each)
+    mp.start_processes(_two_rank_flush, args=(2, port, results), nprocs=2, join=True, start_method="fork")
+    assert dict(results) == {0: (2.5, 2.5), 1: (2.5, 2.5)}
