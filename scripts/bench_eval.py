@@ -118,8 +118,10 @@ def main() -> None:
     cpu: dict[str, list[float]] = {"plain": [], "capture": []}
     for fn in (plain, capture):  # warm-up
         fn()
-    for _ in range(args.repeats):  # interleave so that machine-load drift hits both paths alike
-        for name, fn in (("plain", plain), ("capture", capture)):
+    paths = [("plain", plain), ("capture", capture)]
+    for r in range(args.repeats):
+        # Interleaved in ABBA order, so that a drift of the machine's load hits both paths alike.
+        for name, fn in paths if r % 2 == 0 else paths[::-1]:
             t0, c0 = time.perf_counter(), time.process_time()
             tokens = fn()
             timings[name].append(time.perf_counter() - t0)
