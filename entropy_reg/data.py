@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 IGNORE_INDEX = -100
 EMBEDDED_PREFIX = "embedded:pydoc"
@@ -281,6 +282,55 @@ class SFTCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+class ResumableSampler(DistributedSampler):
+    """Training order as a pure function of ``(seed, epoch)``, sharded over ranks, resumable mid-epoch.
+
+    - The order of epoch ``e`` is ``randperm(n, seed + e)`` (DistributedSampler's), whatever happened
+      before, so a run resumed at epoch ``e`` sees the same order as an uninterrupted one. (A seeded
+      ``RandomSampler`` generator would instead restart at epoch 0's order after a resume.)
+    - ``skip`` drops the first samples of this rank's share once (the batches a restored run already
+      trained on in the current epoch); later epochs start at 0. Lightning 2.x would otherwise
+      replay the epoch from its start after a mid-epoch resume.
+    - It *is* a ``DistributedSampler``, so Lightning keeps it under DDP instead of replacing it;
+      ``num_replicas=1, rank=0`` is plain single-process shuffling.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 skip: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.skip = int(skip)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+def _batches_done_in_epoch(trainer, n_batches: int) -> int:
+    """Batches of the current epoch a restored trainer already trained on (0 when starting an epoch).
+
+    Derived from ``global_step`` and ``current_epoch`` (restored from the checkpoint), not from the loop's
+    batch counters, which a checkpoint written in ``on_train_batch_end`` records one batch short.
+    Assumes every epoch has ``n_batches`` batches (the optimizer also steps on an epoch's last,
+    incomplete accumulation window, as Lightning does).
+    """
+    if trainer is None or n_batches <= 0:
+        return 0
+    limit = getattr(trainer, "limit_train_batches", 1.0)
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        n_batches = min(n_batches, limit)
+    elif isinstance(limit, float) and limit != 1.0:
+        n_batches = int(n_batches * limit)
+    accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1)))
+    steps_per_epoch = math.ceil(n_batches / accumulate) if n_batches else 0
+    if not steps_per_epoch:
+        return 0
+    done_steps = int(trainer.global_step) - int(trainer.current_epoch) * steps_per_epoch
+    if 0 < done_steps < steps_per_epoch:
+        return done_steps * accumulate
+    return 0
+
+
 # --------------------------------------------------------------------------- the DataModule
 
 
@@ -469,21 +519,34 @@ class SFTDataModule(LightningDataModule):
 
     # -- loaders
 
-    def _loader(self, data, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(self, data, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(
             data,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             collate_fn=SFTCollator(self._pad_id),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled with ``seed`` per epoch; sharded over ranks; resumes mid-epoch where a checkpoint left off.
+
+        ``batch_size`` is per rank (a global batch is ``batch_size * world_size * accumulate_grad_batches``).
+        """
         self._require_setup()
-        return self._loader(self.train_data, shuffle=True)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(self.train_data, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        n_batches = math.ceil(len(sampler) / self.batch_size)
+        done = _batches_done_in_epoch(trainer, n_batches)
+        sampler.skip = done * self.batch_size
+        if trainer is not None:
+            # Lightning sets the epoch again before iterating; setting it here too covers worker
+            # processes, which draw indices as soon as the iterator is created.
+            sampler.set_epoch(trainer.current_epoch)
+        return self._loader(self.train_data, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()

@@ -138,6 +138,21 @@ class StatsWindow:
             return False
         return self._calls % (n * max(1, int(trainer.accumulate_grad_batches))) == 0
 
+    def state_dict(self) -> dict[str, int]:
+        """The log cadence (training_step calls so far), for checkpoints.
+
+        A resumed run continues the cadence of the interrupted one instead of restarting it at 0.
+        The partial sums of an unfinished window are not saved (under DDP each rank holds its own,
+        and a checkpoint has one copy): the first value logged after resuming from a checkpoint
+        taken mid-window averages only the steps since the resume. Checkpoint every multiple of
+        ``log_every_n_steps`` to avoid that.
+        """
+        return {"calls": self._calls}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._calls = int(state.get("calls", 0))
+        self.reset()
+
     def reduce(self, strategy: Any = None) -> dict[str, Tensor]:
         """Means over all rows of all ranks since the last reset (``{prefix+key: 0-dim float32}``); resets."""
         if self._count is None:

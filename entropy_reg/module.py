@@ -23,6 +23,18 @@ _LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scal
 _SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
+def nonfinite_on_any_rank(bad: bool, trainer: Any, device: Any) -> bool:
+    """Whether any rank hit a non-finite loss this step (one all-reduce of a flag under DDP).
+
+    All ranks must take the same branch: if one rank skipped backward (or raised) while the others
+    ran it, the others would wait forever in DDP's gradient all-reduce.
+    """
+    if trainer is None or trainer.world_size <= 1:
+        return bad
+    flag = torch.tensor(1.0 if bad else 0.0, device=device)
+    return bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
+
+
 def describe(obj: Any) -> Any:
     """``{"class_path", "init_args"}`` of an object built from constructor arguments it keeps as attributes.
 
@@ -96,6 +108,17 @@ class CausalLMModule(LightningModule):
         dtype: model weights dtype (``None``: float32; ``"bfloat16"`` ...). For mixed precision
             prefer ``trainer.precision="bf16-mixed"`` with float32 weights.
         use_hidden_path: False always computes full logits (for debugging the fast path).
+        token_normalization: ``"global"`` (default): under multi-process training the training loss
+            is normalised by the number of non-ignored labels of the whole global batch (one
+            all-reduce of a count per step), so DDP's gradient averaging yields the gradient of the
+            global token mean, exactly as one process on the global batch would; ``"local"``: each
+            rank's own token mean (ranks with fewer tokens then weigh their tokens more). Identical
+            in a single process. Gradient accumulation still averages micro-batch losses.
+        on_nonfinite: what a non-finite loss (NaN/inf logits or loss) does in training: ``"raise"``
+            (default) a ``FloatingPointError`` naming the global step; ``"skip"`` drops the step
+            (no backward, no weight update; ``training_step`` returns None) with a warning and
+            counts it in ``train/nonfinite_skipped``. Under DDP the ranks agree first (one all-reduce
+            of a flag per step), so all raise or all skip.
     """
 
     def __init__(
@@ -111,6 +134,8 @@ class CausalLMModule(LightningModule):
         gradient_checkpointing: bool = False,
         dtype: str | None = None,
         use_hidden_path: bool = True,
+        token_normalization: Literal["global", "local"] = "global",
+        on_nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
@@ -121,6 +146,12 @@ class CausalLMModule(LightningModule):
             raise ValueError(f"CausalLMModule: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         if lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"CausalLMModule: lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if token_normalization not in ("global", "local"):
+            raise ValueError(
+                f"CausalLMModule: token_normalization must be 'global' or 'local', got {token_normalization!r}"
+            )
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"CausalLMModule: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         self.loss_fn = build_loss(loss)
         # The hyper-parameters hold the loss as a config dict (rebuildable, YAML-friendly), not the
         # object: save_hyperparameters reads this frame's locals, so rebind the name first.
@@ -138,6 +169,7 @@ class CausalLMModule(LightningModule):
         self._train_stats = StatsWindow("train/", prog_bar=("loss", "entropy"))
         self._val_stats = StatsWindow("val/", prog_bar=())
         self._warned_fallback = False
+        self._nonfinite_skipped = 0
 
     # -- forward paths --------------------------------------------------------------------------------
     def _hidden_path_blocker(self) -> str | None:
@@ -160,7 +192,7 @@ class CausalLMModule(LightningModule):
             return "the model has no get_decoder()"
         return None
 
-    def _loss(self, batch: dict[str, Tensor]):
+    def _loss(self, batch: dict[str, Tensor], num_tokens: float | None = None):
         labels, input_ids = batch["labels"], batch["input_ids"]
         attention_mask = batch.get("attention_mask")
         blocker = self._hidden_path_blocker()
@@ -169,26 +201,73 @@ class CausalLMModule(LightningModule):
             head = self.model.get_output_embeddings()
             return self.loss_fn(
                 hidden=out.last_hidden_state, lm_head_weight=head.weight, lm_head_bias=head.bias,
-                labels=labels, input_ids=input_ids, attention_mask=attention_mask,
+                labels=labels, input_ids=input_ids, attention_mask=attention_mask, num_tokens=num_tokens,
             )
         if not self._warned_fallback and self.hparams.use_hidden_path:
             rank_zero_warn(f"CausalLMModule: computing full logits because {blocker}.")
             self._warned_fallback = True
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return self.loss_fn(logits=logits, labels=labels, input_ids=input_ids, attention_mask=attention_mask)
+        return self.loss_fn(
+            logits=logits, labels=labels, input_ids=input_ids, attention_mask=attention_mask, num_tokens=num_tokens
+        )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
     # -- steps ------------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self._loss(batch)
+    def _num_tokens(self, labels: Tensor) -> float | None:
+        """Per-rank normaliser that makes DDP's gradient *average* the gradient of the global token mean.
+
+        Each rank's loss is ``sum_rank / (N_global / world_size)``; averaging over ranks gives
+        ``sum_all / N_global``. None (the loss' local count) in a single process or with "local".
+        """
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if world_size <= 1 or self.hparams.token_normalization == "local":
+            return None
+        count = (labels[:, 1:] != self.loss_fn.ignore_index).sum().to(torch.float64)
+        total = float(self.trainer.strategy.reduce(count, reduce_op="sum"))
+        # A global batch without any label: the loss is 0 anyway; any positive normaliser keeps it finite.
+        return max(total, 1.0) / world_size
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        error: FloatingPointError | None = None
+        out = None
+        try:
+            out = self._loss(batch, num_tokens=self._num_tokens(batch["labels"]))
+            if not torch.isfinite(out.loss.detach()).item():
+                raise FloatingPointError(f"EntropyRegularizedLoss returned a non-finite loss ({out.loss.item()})")
+        except FloatingPointError as exc:
+            error = exc
+        if nonfinite_on_any_rank(error is not None, self._trainer, self.device):
+            return self._handle_nonfinite(error, batch_idx)
         self._train_stats.update(out.sums, out.count)
+        self._log_train_window()
+        return out.loss
+
+    def _log_train_window(self) -> None:
+        # Called exactly once per training_step on every rank (skipped steps included): the window's
+        # cadence decides who joins its collective.
         if self._train_stats.step_is_log_step(self.trainer):
             metrics = self._train_stats.reduce(self.trainer.strategy)
             metrics["train/reg_scale"] = torch.tensor(float(self.loss_fn.scale))
+            if self._nonfinite_skipped:
+                metrics["train/nonfinite_skipped"] = torch.tensor(float(self._nonfinite_skipped))
             self._train_stats.log(self.trainer, self, metrics)
-        return out.loss
+
+    def _handle_nonfinite(self, error: FloatingPointError | None, batch_idx: int) -> None:
+        trainer = self.trainer
+        where = f"global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        cause = str(error) if error is not None else "on another rank"
+        if self.hparams.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"CausalLMModule: non-finite loss at {where}: {cause}. The weights were not updated at this "
+                "step. Lower the learning rate, enable gradient clipping or bf16-mixed precision, check the "
+                "data, or set model.on_nonfinite='skip' to skip such steps."
+            ) from error
+        self._nonfinite_skipped += 1
+        rank_zero_warn(f"CausalLMModule: skipping {where}: non-finite loss ({cause}); no weight update.")
+        self._log_train_window()
+        return None
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._loss(batch)
@@ -207,6 +286,20 @@ class CausalLMModule(LightningModule):
         for key, value in metrics.items():
             # Already reduced over ranks (sums and counts): no sync_dist, which would average means.
             self.log(key, value, prog_bar=key == "val/loss", sync_dist=False, on_epoch=True, batch_size=1)
+
+    # -- checkpointing ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The log cadence counts training_step calls; a resumed run continues it (see StatsWindow).
+        checkpoint["entropy_reg"] = {
+            "train_stats": self._train_stats.state_dict(),
+            "nonfinite_skipped": self._nonfinite_skipped,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("entropy_reg") or {}
+        if "train_stats" in state:
+            self._train_stats.load_state_dict(state["train_stats"])
+        self._nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
 
     # -- optimization -----------------------------------------------------------------------------
     def configure_optimizers(self):

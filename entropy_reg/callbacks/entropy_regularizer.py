@@ -15,6 +15,7 @@ from entropy_reg.callbacks.schedule import CoefficientSchedule
 from entropy_reg.hf_utils import find_causal_lm
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
+from entropy_reg.module import nonfinite_on_any_rank
 
 _PROG_BAR_KEYS = ("loss", "ce", "reg_loss", "entropy", "tail_mass", "copy_mass", "reg_scale")
 
@@ -69,6 +70,11 @@ class EntropyRegularizer(Callback):
         model_attr: dotted attribute path of the causal LM inside your module.
         log_every_n_steps: optimizer steps per logged value; ``None``: ``trainer.log_every_n_steps``.
         prog_bar: statistics (names without ``train/``) shown in the progress bar.
+        on_nonfinite: a non-finite loss (NaN/inf logits, or your loss + regularizers not finite):
+            ``"raise"`` a ``FloatingPointError`` naming the global step (before any weight update);
+            ``"skip"`` returns None from the step instead (Lightning then skips backward and the
+            optimizer update) with a warning, counted in ``train/nonfinite_skipped``. Under DDP the
+            ranks agree first (one all-reduce of a flag per step), so all raise or all skip.
 
     Example::
 
@@ -84,7 +90,10 @@ class EntropyRegularizer(Callback):
         model_attr: str | None = None,
         log_every_n_steps: int | None = None,
         prog_bar: Iterable[str] = ("loss", "entropy"),
+        on_nonfinite: str = "raise",
     ) -> None:
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"EntropyRegularizer: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if not isinstance(loss, EntropyRegularizedLoss):
             raise TypeError(
                 f"EntropyRegularizer: loss must be an EntropyRegularizedLoss, got {type(loss).__name__}"
@@ -108,6 +117,8 @@ class EntropyRegularizer(Callback):
         self.schedule = schedule
         self.model_attr = model_attr
         self.prog_bar = prog_bar
+        self.on_nonfinite = on_nonfinite
+        self.nonfinite_skipped = 0
         self._window = StatsWindow("train/", prog_bar, log_every_n_steps)
         self.last_scale: float = float(loss.scale)
         self.last_step: int | None = None
@@ -216,28 +227,60 @@ class EntropyRegularizer(Callback):
         user_loss = self._user_loss(result)
         call = self._single_call(calls)
         labels = self._labels(call)
-        out = self.loss(
-            logits=call["logits"],
-            labels=labels,
-            input_ids=call["input_ids"],
-            attention_mask=call["attention_mask"],
-            include_ce=False,
-        )
-        total = user_loss + out.loss.to(user_loss.dtype)
+        error: FloatingPointError | None = None
+        try:
+            out = self.loss(
+                logits=call["logits"],
+                labels=labels,
+                input_ids=call["input_ids"],
+                attention_mask=call["attention_mask"],
+                include_ce=False,
+            )
+            total = user_loss + out.loss.to(user_loss.dtype)
+            if not torch.isfinite(total.detach()).item():
+                raise FloatingPointError(
+                    f"non-finite loss: your loss {user_loss.item()} + regularizers {out.loss.item()}"
+                )
+        except FloatingPointError as exc:
+            error = exc
+        if nonfinite_on_any_rank(error is not None, trainer, user_loss.device):
+            return self._handle_nonfinite(trainer, error, args)
 
         sums = dict(out.sums)
         count = out.count
         sums["reg_loss"] = sums.pop("loss")
         sums["loss"] = total.detach().to(torch.float64) * count.to(torch.float64)
         self._window.update(sums, count)
-        if self._window.step_is_log_step(trainer):
-            metrics = self._window.reduce(trainer.strategy)
-            metrics["train/reg_scale"] = torch.tensor(self.last_scale)
-            self._window.log(trainer, self._module, metrics)
+        self._log_window(trainer)
 
         if isinstance(result, Tensor):
             return total
         return {**result, "loss": total}
+
+    def _log_window(self, trainer: Trainer) -> None:
+        # Once per training_step on every rank (skipped steps included): the cadence decides who
+        # joins the window's collective.
+        if self._window.step_is_log_step(trainer):
+            metrics = self._window.reduce(trainer.strategy)
+            metrics["train/reg_scale"] = torch.tensor(self.last_scale)
+            if self.nonfinite_skipped:
+                metrics["train/nonfinite_skipped"] = torch.tensor(float(self.nonfinite_skipped))
+            self._window.log(trainer, self._module, metrics)
+
+    def _handle_nonfinite(self, trainer: Trainer, error: FloatingPointError | None, args: tuple) -> None:
+        batch_idx = args[1] if len(args) > 1 else "?"
+        where = f"global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        cause = str(error) if error is not None else "on another rank"
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"EntropyRegularizer: non-finite loss at {where}: {cause}. The weights were not updated at "
+                "this step. Lower the learning rate, clip gradients, check the data, or pass "
+                "on_nonfinite='skip' to skip such steps."
+            ) from error
+        self.nonfinite_skipped += 1
+        rank_zero_warn(f"EntropyRegularizer: skipping {where}: non-finite loss ({cause}); no weight update.")
+        self._log_window(trainer)
+        return None
 
     def _user_loss(self, result: Any) -> Tensor:
         name = type(self._module).__name__
@@ -302,6 +345,8 @@ class EntropyRegularizer(Callback):
             "schedule": None if self.schedule is None else self.schedule.state_dict(),
             "last_scale": self.last_scale,
             "last_step": self.last_step,
+            "window": self._window.state_dict(),
+            "nonfinite_skipped": self.nonfinite_skipped,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -318,6 +363,9 @@ class EntropyRegularizer(Callback):
                 self.schedule.load_state_dict(saved)
         self.last_scale = float(state_dict.get("last_scale", self.last_scale))
         self.last_step = state_dict.get("last_step")
+        self.nonfinite_skipped = int(state_dict.get("nonfinite_skipped", 0))
+        if "window" in state_dict:
+            self._window.load_state_dict(state_dict["window"])
         # Without a schedule the scale is otherwise untouched; restore it so the first resumed step
         # uses the coefficient the interrupted run ended with.
         self.loss.scale = self.last_scale
