@@ -82,13 +82,27 @@ def test_pooled_ngram_bootstrap_matches_metrics_on_explicit_resamples(n):
     units = [list(rng.integers(0, 6, size=int(rng.integers(0, 12)))) for _ in range(7)]
     inc = bs.NgramIncidence(units, n)
     res = bs.resample_weights(7, 1, 30, seed=5)
-    reps, dists = bs.rep_n_stat(res, inc), bs.distinct_n_stat(res, inc)
+    reps, dists = bs.rep_n_stat(res, inc, literal=True), bs.distinct_n_stat(res, inc, literal=True)
     for b, w in enumerate(res.weights.astype(int)):
         explicit = [u for u, k in zip(units, w, strict=True) for _ in range(k)]
         assert reps[b] == pytest.approx(rep_n(explicit, n))
         assert dists[b] == pytest.approx(distinct_n(explicit, n))
     ones = bs.Resamples(np.ones((1, 7)))
-    assert bs.rep_n_stat(ones, inc)[0] == pytest.approx(rep_n(units, n))
+    for literal in (True, False):
+        assert bs.rep_n_stat(ones, inc, literal)[0] == pytest.approx(rep_n(units, n))
+        assert bs.distinct_n_stat(ones, inc, literal)[0] == pytest.approx(distinct_n(units, n))
+
+
+def test_attributed_ngram_counts_have_no_duplication_artefact():
+    # 6 continuations without any repeated 4-gram, within or across: rep-4 = 0 on every resample
+    units = [list(range(10 * u, 10 * u + 8)) for u in range(6)]
+    inc = bs.NgramIncidence(units, 4)
+    res = bs.resample_weights(6, 1, 200, seed=0)
+    assert np.all(bs.rep_n_stat(res, inc) == 0.0)
+    assert bs.rep_n_stat(res, inc, literal=True).max() > 0  # a duplicated prompt "repeats" itself
+    # an n-gram shared by 2 of 3 units is owned half by each
+    inc = bs.NgramIncidence([[1, 2], [1, 2], [3, 4]], 2)
+    np.testing.assert_allclose(inc.owned, [0.5, 0.5, 1.0])
 
 
 def test_weighted_quantile_matches_inverted_cdf_on_explicit_resamples():

@@ -10,8 +10,14 @@ Statistics are all expressed through these multiplicity weights ``W [B, U]``:
 
 - ratio statistics ``sum_u W*num_u / sum_u W*den_u`` (a mean over continuations is num=value, den=1; a
   token-pooled mean is num=sum over tokens, den=token count; perplexity is exp of a CE ratio);
-- pooled n-gram statistics (rep-n, distinct-n): unique n-grams of the resampled set are the n-grams
-  present in at least one unit with W > 0, computed as ``(W > 0) @ incidence > 0`` in blocks;
+- pooled n-gram statistics (rep-n, distinct-n), recomputed per resample from the n-gram incidence of
+  the units. Default ("attributed"): each distinct n-gram of the full set is split equally among the
+  units containing it, so unit u owns ``g_u`` unique n-grams (``sum_u g_u`` = the full set's unique
+  count) and a resample has ``sum W*g_u`` unique of ``sum W*total_u`` n-grams. Why not the literal
+  recount (``literal=True``: unique = n-grams present in some unit with W > 0): a prompt drawn twice
+  contributes two *identical* continuations, so every n-gram of the copy counts as repeated, which
+  inflates rep-n by the resampling itself (a set with rep-4 = 0 gets a CI of about +-4 points);
+  the attributed form is exact on the full set and has no such artefact;
 - weighted quantiles of pooled token values (entropy p10/p50/p90), inverted-CDF definition.
 
 The CI is the percentile interval (2.5%, 97.5%) of the resampled differences. Resamples where a
@@ -94,11 +100,16 @@ class NgramIncidence:
         self.totals = np.asarray(totals, dtype=np.float64)
         self.matrix = np.zeros((len(totals), max(len(index), 1)), dtype=np.float32)
         self.matrix[rows, cols] = 1.0
+        spread = self.matrix.sum(axis=0)  # units containing each distinct n-gram
+        # unique n-grams owned by each unit (an n-gram in k units gives 1/k to each)
+        self.owned = (self.matrix / np.maximum(spread, 1.0)).sum(axis=1).astype(np.float64)
 
-    def counts(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(unique [B], total [B])`` n-gram counts of each weighted resample of the units."""
+    def counts(self, weights: np.ndarray, literal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(unique [B], total [B])`` n-gram counts of each weighted resample (module docstring)."""
         _check_units(Resamples(weights), self.totals.size)
         total = weights @ self.totals
+        if not literal:
+            return weights @ self.owned, total
         unique = np.empty(weights.shape[0])
         present = (weights > 0).astype(np.float32)
         for start in range(0, weights.shape[0], _BLOCK):
@@ -107,16 +118,16 @@ class NgramIncidence:
         return unique, total
 
 
-def rep_n_stat(res: Resamples, inc: NgramIncidence) -> np.ndarray:
+def rep_n_stat(res: Resamples, inc: NgramIncidence, literal: bool = False) -> np.ndarray:
     """Resampled SimCTG rep-n (percent); 0 where a resample has no n-gram (as ``metrics.rep_n``)."""
-    unique, total = inc.counts(res.weights)
+    unique, total = inc.counts(res.weights, literal)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 100.0 * (1.0 - unique / np.where(total > 0, total, 1.0)), 0.0)
 
 
-def distinct_n_stat(res: Resamples, inc: NgramIncidence) -> np.ndarray:
+def distinct_n_stat(res: Resamples, inc: NgramIncidence, literal: bool = False) -> np.ndarray:
     """Resampled distinct-n; 0 where a resample has no n-gram (as ``metrics.distinct_n``)."""
-    unique, total = inc.counts(res.weights)
+    unique, total = inc.counts(res.weights, literal)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, unique / np.where(total > 0, total, 1.0), 0.0)
 

@@ -126,10 +126,10 @@ def compare_models(config: CompareConfig, thresholds: CollapseThresholds | None 
     timings["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rows_ids, _ = encode_heldout(tokenizer, heldout_texts, config.max_length)
+    rows_ids = encode_heldout(tokenizer, heldout_texts, config.max_length)
     if not rows_ids:
         raise InputError("no held-out text has at least 2 tokens; pass --heldout with real text")
-    heldout = {role: teacher_forced(m, rows_ids, list(range(len(rows_ids))), config.batch_size, config.rep_window)
+    heldout = {role: teacher_forced(m, rows_ids, config.batch_size, config.rep_window)
                for role, (m, _) in models.items()}
     sentences = probe_sentences(tokenizer, heldout_texts, config.probe_sentences)
     probes = {role: run_probe(m, tokenizer, sentences, config.probe_repeats) for role, (m, _) in models.items()}

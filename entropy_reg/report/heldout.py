@@ -7,7 +7,7 @@ mean, as in training's val perplexity), rep/l is hits / scored positions over th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,26 +28,19 @@ class HeldoutStats:
     wrep_hits: np.ndarray
     human_hits: np.ndarray
     window: int
-    texts_used: list[int] = field(default_factory=list)
 
     def perplexity(self) -> float:
         return float(np.exp(self.ce_sum.sum() / self.n_tokens.sum()))
 
 
-def encode_heldout(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], list[int]]:
-    """Token ids of each text (cut to ``max_length``) and the indices of texts with >= 2 tokens."""
-    ids, used = [], []
-    for i, text in enumerate(texts):
-        row = list(tokenizer(text, add_special_tokens=True)["input_ids"])[:max_length]
-        if len(row) >= 2:  # a single token predicts nothing
-            ids.append(row)
-            used.append(i)
-    return ids, used
+def encode_heldout(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, cut to ``max_length``; texts with < 2 tokens (nothing to predict) dropped."""
+    rows = [list(tokenizer(text, add_special_tokens=True)["input_ids"])[:max_length] for text in texts]
+    return [r for r in rows if len(r) >= 2]
 
 
 @torch.no_grad()
-def teacher_forced(model: Any, rows: list[list[int]], used: list[int], batch_size: int,
-                   window: int = 16) -> HeldoutStats:
+def teacher_forced(model: Any, rows: list[list[int]], batch_size: int, window: int = 16) -> HeldoutStats:
     """Forward the held-out rows in batches (no grad) and collect per-text sums."""
     if not rows:
         raise ValueError("no held-out text has at least 2 tokens; perplexity needs text")
@@ -81,7 +74,7 @@ def teacher_forced(model: Any, rows: list[list[int]], used: list[int], batch_siz
             rep[i] = rep_l(lg, lb, l=window) * scored
             wrep[i] = wrep_l(lg, lb, l=window) * scored
             human[i] = human_rep_l(lb, l=window) * scored
-    return HeldoutStats(ce, cnt, rep, wrep, human, window, list(used))
+    return HeldoutStats(ce, cnt, rep, wrep, human, window)
 
 
 def run_probe(model: Any, tokenizer: Any, sentences: list[list[int]], n_repeats: int) -> list[dict[str, Any]]:

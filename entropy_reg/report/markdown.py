@@ -61,7 +61,9 @@ def render(cmp: Any) -> str:
         f"- held-out: {n_ht} texts ({c.heldout_file or 'embedded heldout split'}), max_length={c.max_length}",
         f"- difference = candidate - baseline; 95% CI: paired percentile bootstrap, {c.n_bootstrap} resamples "
         f"of prompts x seeds (held-out: texts; probe: sentences), seed {c.bootstrap_seed}. "
-        "rel. = difference / |baseline|.",
+        "rel. = difference / |baseline|. Pooled metrics (rep-n, distinct-n, diversity): unique n-grams "
+        "attributed to prompts, so a prompt drawn twice does not count as repeating itself; quantiles: "
+        "weighted inverted CDF (see entropy_reg.report.bootstrap).",
         "- metrics are computed on token ids (language independent); entropies in nats from raw logits.",
         "",
         table(cmp.rows),
