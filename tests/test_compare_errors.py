@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entropy_reg.models import save_pretrained_dir
-from entropy_reg.report.cli import main
+from entropy_reg.report.cli import main, split_decodings
 from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64}
@@ -112,6 +112,7 @@ def test_unwritable_out_dir(paths, capsys, tmp_path):
 def test_missing_candidate_and_bad_numbers(paths, out, capsys):
     _fails(["--baseline", paths["a"], "--out", str(out)], capsys, "missing the candidate model")
     _fails([paths["a"], paths["a"], "--seeds", "0", "--out", str(out)], capsys, "--seeds")
+    _fails([paths["a"], paths["a"], "--threads", "-1", "--out", str(out)], capsys, "--threads")
     _untouched(out)
 
 
@@ -119,4 +120,16 @@ def test_empty_heldout_file(paths, out, capsys, tmp_path):
     empty = tmp_path / "held.txt"
     empty.write_text("", "utf-8")
     _fails([paths["a"], paths["a"], "--heldout", str(empty), "--out", str(out)], capsys, "held-out", str(empty))
+    _untouched(out)
+
+
+def test_split_decodings_keeps_overrides_with_their_preset():
+    assert split_decodings("greedy,top_p") == ["greedy", "top_p"]
+    assert split_decodings("greedy, top_p:top_p=0.95,temperature=0.8 ,min_p") == [
+        "greedy", "top_p:top_p=0.95,temperature=0.8", "min_p"]
+
+
+def test_bad_decoding_override(paths, out, capsys):
+    _fails([paths["a"], paths["a"], "--decoding", "top_p:nucleus=0.9", "--out", str(out)], capsys,
+           "--decoding", "nucleus")
     _untouched(out)
