@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from entropy_reg.report.bootstrap import Interval
-from entropy_reg.report.html import highlighted, token_flags
+from entropy_reg.report.html import highlighted, sample_prompts, token_flags
 from entropy_reg.report.markdown import fmt, table
 from entropy_reg.report.output import atomic_write, to_json
 from entropy_reg.report.rows import Row
@@ -77,3 +77,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     atomic_write(target, "new 中文")
     assert target.read_text("utf-8") == "new 中文"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_sample_prompts_spread_to_the_last_prompt():
+    assert sample_prompts(5, 10) == [0, 1, 2, 3, 4]
+    assert sample_prompts(24, 4) == [0, 8, 15, 23]
+    assert sample_prompts(24, 1) == [0] and sample_prompts(3, 0) == []

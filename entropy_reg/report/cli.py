@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rep-window", type=int, default=16, help="l of rep/l and wrep/l; default %(default)s")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples; default %(default)s")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="default %(default)s")
-    p.add_argument("--max-samples", type=int, default=12, help="completions shown per decoding in the HTML")
+    p.add_argument("--max-samples", type=int, default=24,
+                   help="completions shown per decoding in the HTML (spread over the prompts); default %(default)s")
     p.add_argument("--wandb", action="store_true", help="also log a W&B run (offline when no API key)")
     p.add_argument("--wandb-project", default="entropy-reg")
     p.add_argument("--threads", type=int, default=0,

@@ -96,6 +96,16 @@ def highlighted(tokenizer: Any, ids: list[int]) -> str:
     return "".join(out)
 
 
+def sample_prompts(n_prompts: int, max_samples: int) -> list[int]:
+    """Prompt indices to show: all, or ``max_samples`` spread evenly (so the last, e.g. CJK, prompts appear)."""
+    if max_samples >= n_prompts:
+        return list(range(n_prompts))
+    if max_samples <= 0:
+        return []
+    step = (n_prompts - 1) / max(max_samples - 1, 1)
+    return sorted({round(i * step) for i in range(max_samples)})
+
+
 def _samples(cmp: Any, tokenizer: Any, max_samples: int) -> str:
     parts = ['<p class="legend"><span class="loop">repeating tail (detect_loop)</span>'
              f'<span class="rep">repeated {REPEAT_N}-gram</span></p>']
@@ -103,7 +113,7 @@ def _samples(cmp: Any, tokenizer: Any, max_samples: int) -> str:
         base, cand = by_role["baseline"], by_role["candidate"]
         cls = {role: cmp.per_sample[dec][role]["collapse_class"] for role in by_role}
         rows = []
-        for p in range(min(max_samples, base.n_prompts)):
+        for p in sample_prompts(base.n_prompts, max_samples):
             u = base.unit(p, 0)
             cells = [f"<td>{html.escape(cmp.prompts[p])}</td>"]
             for role, r in (("baseline", base), ("candidate", cand)):
@@ -119,7 +129,7 @@ def _samples(cmp: Any, tokenizer: Any, max_samples: int) -> str:
     return "\n".join(parts)
 
 
-def render(cmp: Any, plots: dict[str, bytes], tokenizer: Any, markdown_intro: str, max_samples: int = 12) -> str:
+def render(cmp: Any, plots: dict[str, bytes], tokenizer: Any, markdown_intro: str, max_samples: int = 24) -> str:
     """The whole report.html (``markdown_intro``: the report.md bullet lines, shown as a list)."""
     intro = "".join(f"<li>{html.escape(line[2:])}</li>" for line in markdown_intro.splitlines()
                     if line.startswith("- "))

@@ -11,7 +11,7 @@ from entropy_reg.report.output import atomic_write, log_wandb, to_json
 from entropy_reg.report.plots import all_plots
 
 
-def write_report(cmp: Any, out: Path, max_samples: int = 12, wandb_project: str | None = None
+def write_report(cmp: Any, out: Path, max_samples: int = 24, wandb_project: str | None = None
                  ) -> dict[str, Path | str]:
     """Write PNGs, report.md, report.html and metrics.json (each atomically); returns their paths.
 
