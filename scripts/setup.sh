@@ -29,7 +29,7 @@ fi
 # Headless Chromium renders report.html in the tests (Debian package). Optional: the test skips
 # with a reason where it is absent and we cannot install it.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null) \
     || echo "setup: could not install chromium; the HTML rendering test will be skipped" >&2
 fi
 echo "setup: done ($("$VPY" -c 'import torch, lightning, transformers; print(f"torch {torch.__version__}, lightning {lightning.__version__}, transformers {transformers.__version__}")'))"
