@@ -35,6 +35,25 @@ def nonfinite_on_any_rank(bad: bool, trainer: Any, device: Any) -> bool:
     return bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
 
 
+def skip_step_loss(module: nn.Module) -> Tensor:
+    """An exact 0 loss that reaches every trainable parameter, for skipping a step under DDP.
+
+    Lightning 2.6 refuses ``training_step`` returning None in distributed training, and DDP needs
+    every rank to run a backward that reaches all parameters. This loss does (with zero gradients,
+    never through the non-finite activations); :func:`drop_gradients` then removes them before the
+    optimizer update, so momentum, weight decay and step counts do not move either.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.stack([p.sum() for p in params]).sum() * 0.0
+
+
+def drop_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Set every gradient to None: torch optimizers leave such parameters (and their state) untouched."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param.grad = None
+
+
 def describe(obj: Any) -> Any:
     """``{"class_path", "init_args"}`` of an object built from constructor arguments it keeps as attributes.
 
@@ -116,8 +135,9 @@ class CausalLMModule(LightningModule):
             in a single process. Gradient accumulation still averages micro-batch losses.
         on_nonfinite: what a non-finite loss (NaN/inf logits or loss) does in training: ``"raise"``
             (default) a ``FloatingPointError`` naming the global step; ``"skip"`` drops the step
-            (no backward, no weight update; ``training_step`` returns None) with a warning and
-            counts it in ``train/nonfinite_skipped``. Under DDP the ranks agree first (one all-reduce
+            (no weight update: ``training_step`` returns None in one process; under DDP, where
+            Lightning refuses None, an exact 0 loss whose gradients are dropped before the update)
+            with a warning, counted in ``train/nonfinite_skipped``. Under DDP the ranks agree first (one all-reduce
             of a flag per step), so all raise or all skip.
     """
 
@@ -170,6 +190,7 @@ class CausalLMModule(LightningModule):
         self._val_stats = StatsWindow("val/", prog_bar=())
         self._warned_fallback = False
         self._nonfinite_skipped = 0
+        self._drop_next_update = False
 
     # -- forward paths --------------------------------------------------------------------------------
     def _hidden_path_blocker(self) -> str | None:
@@ -265,9 +286,17 @@ class CausalLMModule(LightningModule):
                 "data, or set model.on_nonfinite='skip' to skip such steps."
             ) from error
         self._nonfinite_skipped += 1
+        self._drop_next_update = True  # also drops micro-batches already accumulated into this step
         rank_zero_warn(f"CausalLMModule: skipping {where}: non-finite loss ({cause}); no weight update.")
         self._log_train_window()
-        return None
+        # One process: None is Lightning's own "skip this batch". DDP: Lightning refuses None, so every
+        # rank backpropagates an exact 0 and the gradients are dropped before the update.
+        return skip_step_loss(self) if trainer.world_size > 1 else None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._drop_next_update:
+            self._drop_next_update = False
+            drop_gradients(optimizer)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._loss(batch)

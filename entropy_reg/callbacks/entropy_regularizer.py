@@ -15,7 +15,7 @@ from entropy_reg.callbacks.schedule import CoefficientSchedule
 from entropy_reg.hf_utils import find_causal_lm
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
-from entropy_reg.module import nonfinite_on_any_rank
+from entropy_reg.module import drop_gradients, nonfinite_on_any_rank, skip_step_loss
 
 _PROG_BAR_KEYS = ("loss", "ce", "reg_loss", "entropy", "tail_mass", "copy_mass", "reg_scale")
 
@@ -72,8 +72,8 @@ class EntropyRegularizer(Callback):
         prog_bar: statistics (names without ``train/``) shown in the progress bar.
         on_nonfinite: a non-finite loss (NaN/inf logits, or your loss + regularizers not finite):
             ``"raise"`` a ``FloatingPointError`` naming the global step (before any weight update);
-            ``"skip"`` returns None from the step instead (Lightning then skips backward and the
-            optimizer update) with a warning, counted in ``train/nonfinite_skipped``. Under DDP the
+            ``"skip"`` drops the step's weight update (returns None in one process; under DDP,
+            where Lightning refuses None, an exact 0 loss whose gradients are dropped) with a warning, counted in ``train/nonfinite_skipped``. Under DDP the
             ranks agree first (one all-reduce of a flag per step), so all raise or all skip.
 
     Example::
@@ -119,6 +119,7 @@ class EntropyRegularizer(Callback):
         self.prog_bar = prog_bar
         self.on_nonfinite = on_nonfinite
         self.nonfinite_skipped = 0
+        self._drop_next_update = False
         self._window = StatsWindow("train/", prog_bar, log_every_n_steps)
         self.last_scale: float = float(loss.scale)
         self.last_step: int | None = None
@@ -278,9 +279,17 @@ class EntropyRegularizer(Callback):
                 "on_nonfinite='skip' to skip such steps."
             ) from error
         self.nonfinite_skipped += 1
+        self._drop_next_update = True
         rank_zero_warn(f"EntropyRegularizer: skipping {where}: non-finite loss ({cause}); no weight update.")
         self._log_window(trainer)
-        return None
+        # One process: None is Lightning's "skip this batch"; DDP refuses None, so every rank
+        # backpropagates an exact 0 and the gradients are dropped before the update.
+        return skip_step_loss(self._module) if trainer.world_size > 1 else None
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self._drop_next_update:
+            self._drop_next_update = False
+            drop_gradients(optimizer)
 
     def _user_loss(self, result: Any) -> Tensor:
         name = type(self._module).__name__

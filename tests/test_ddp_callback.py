@@ -1,0 +1,99 @@
+"""EntropyRegularizer + GenerationEval on a user's LightningModule under 2-process DDP (CPU, ddp_spawn).
+
+- the logged train/* statistics equal one process on the global batch, although the ranks hold 4 and
+  20 labelled tokens (sums and counts are reduced, not means);
+- GenerationEval generating on rank 0 every step while rank 1 waits at the barrier finishes (a 90 s
+  process-group timeout turns a hang into an error);
+- a NaN in rank 1's logits at step 1 with on_nonfinite="skip" skips the step on both ranks.
+
+(The user's own CE is the user's: HF's per-rank token mean, so only the statistics are compared here;
+the loss/gradient equivalence under unequal token counts is CausalLMModule's, in test_ddp.py.)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
+from test_callback import UserModule, combined_loss
+from test_ddp import global_batch, loader
+from test_generation_eval import char_tokenizer
+
+from entropy_reg.callbacks import EntropyRegularizer, GenerationEval
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+class PoisonedUserModule(UserModule):
+    """A user module; rank 1's logits become NaN at global step 1 (a forward hook, as a fault would)."""
+
+    def setup(self, stage: str) -> None:
+        torch.set_num_threads(1)
+        self.model.lm_head.register_forward_hook(self._poison)
+
+    def _poison(self, module, args, output):
+        if self.training and torch.is_grad_enabled() and (self.global_rank, self.global_step) == (1, 1):
+            return torch.full_like(output, float("nan"))
+        return output
+
+
+class Record(Callback):
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        rank, step = trainer.global_rank, trainer.global_step
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (self.out / f"step{step}_rank{rank}.json").write_text(json.dumps(metrics))
+        flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        torch.save(flat, self.out / f"step{step}_params_rank{rank}.pt")
+
+
+def test_regularizer_and_generation_eval_under_ddp(tmp_path):
+    seed_everything(0)
+    module = PoisonedUserModule()
+    module.tokenizer = char_tokenizer()  # GenerationEval finds it here
+    with torch.no_grad():  # single-process reference statistics at the initial weights, global batch
+        batch = global_batch(0)
+        logits = module.model(**batch).logits
+        ref = combined_loss()(logits=logits, labels=batch["labels"], input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"], include_ce=False).metrics
+
+    generation = GenerationEval(prompts=["ab", "hello"], every_n_steps=1, on_validation_end=False,
+                                decodings=["greedy"], max_new_tokens=4, batch_size=2, progress=False)
+    trainer = Trainer(
+        max_steps=2, accelerator="cpu", devices=2,
+        strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=90)),
+        logger=CSVLogger(tmp_path, name="logs", version="v"), log_every_n_steps=1,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[EntropyRegularizer(combined_loss(), on_nonfinite="skip"), generation, Record(str(tmp_path))],
+    )
+    trainer.fit(module, train_dataloaders=loader(2))
+
+    ranks = [json.loads((tmp_path / f"step1_rank{r}.json").read_text()) for r in (0, 1)]
+    worst = 0.0
+    for key in ("ce", "entropy", "tail_mass", "copy_mass", "tail_mass_floor", "anti_copy", "entropy_floor"):
+        for rank in ranks:
+            assert rank[f"train/{key}"] == pytest.approx(ref[key].item(), rel=1e-5, abs=1e-6), key
+            worst = max(worst, abs(rank[f"train/{key}"] - ref[key].item()))
+    print(f"EntropyRegularizer DDP vs single process: max |train/* diff| = {worst:.3e}")
+
+    # step 1 skipped on both ranks (NaN on rank 1 only): weights unchanged and finite
+    p1, q0, q1 = (torch.load(tmp_path / name) for name in
+                  ("step1_params_rank0.pt", "step2_params_rank0.pt", "step2_params_rank1.pt"))
+    assert torch.isfinite(q0).all()
+    torch.testing.assert_close(q0, p1, rtol=0, atol=0)
+    torch.testing.assert_close(q1, p1, rtol=0, atol=0)
+    assert json.loads((tmp_path / "step2_rank0.json").read_text())["train/nonfinite_skipped"] == 1.0
+
+    # generation ran on rank 0 after each optimizer step and was logged
+    with open(tmp_path / "logs" / "v" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("eval/greedy/seq_rep_4")]
+    assert sorted(int(r["step"]) for r in rows) == [1, 2]
