@@ -22,12 +22,20 @@ Before any logger starts, W&B is switched to offline mode if no API key is confi
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+import re
+import socket
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from entropy_reg.logging_utils import configure_wandb_env, wandb_available
@@ -38,6 +46,45 @@ _DESCRIPTION = (
     "Entropy-regularized SFT of causal LMs (Lightning CLI). "
     "Also: `entropy-reg compare BASELINE CANDIDATE ...` writes a comparison report."
 )
+
+
+class _HintingParser(LightningArgumentParser):
+    """Adds "did you mean" hints to jsonargparse's errors for typo'd options and class names."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        # Nested parsers pass the inner message up: add each hint once.
+        hints = [h for h in _hints(message) if h not in message]
+        return super().error(message + ("\n" + "\n".join(hints) if hints else ""), ex)
+
+
+def _option_names() -> set[str]:
+    from entropy_reg import losses
+    from entropy_reg.data import SFTDataModule
+    from entropy_reg.module import CausalLMModule
+
+    classes = [CausalLMModule, SFTDataModule, losses.EntropyRegularizedLoss]
+    classes += [getattr(losses, n) for n in getattr(losses, "__all__", []) if inspect.isclass(getattr(losses, n, None))]
+    names: set[str] = set()
+    for cls in classes:
+        names.update(p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs"))
+    return names
+
+
+def _hints(message: str) -> list[str]:
+    hints = []
+    for option in dict.fromkeys(re.findall(r"Option '([\w.]+)' is not accepted", message)):
+        close = difflib.get_close_matches(option, sorted(_option_names()), n=1)
+        if close:
+            hints.append(f"hint: {option!r} is not an option; did you mean {close[0]!r}?")
+    for module, name in dict.fromkeys(re.findall(r"module '([\w.]+)' has no attribute '(\w+)'", message)):
+        try:
+            names = [n for n in dir(__import__(module, fromlist=["_"])) if not n.startswith("_")]
+        except Exception:
+            continue
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        if close:
+            hints.append(f"hint: {module}.{name} does not exist; did you mean " + " or ".join(f"{module}.{c}" for c in close) + "?")
+    return hints
 
 
 class EntropyRegCLI(LightningCLI):
@@ -54,6 +101,7 @@ class EntropyRegCLI(LightningCLI):
         # Re-running a recipe into the same run directory must not die on the saved config.yaml.
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
+        kwargs.setdefault("parser_class", _HintingParser)
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -68,17 +116,69 @@ class EntropyRegCLI(LightningCLI):
             return
         loggers = trainer.get("logger")
         items = loggers if isinstance(loggers, list) else [loggers]
+        _check_output_dirs(trainer, items)
         for logger in items:
             if getattr(logger, "class_path", None) != _WANDB_LOGGER:
                 continue
             init_args = logger.init_args
             if init_args.get("name") is None:
                 init_args["name"] = _run_name(config)
+            if not init_args.get("offline") and os.environ.get("WANDB_MODE", "online") == "online":
+                host = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+                if not _reachable(host):
+                    # wandb.init would wait ~90 s and then fail the run; train and sync later instead.
+                    rank_zero_warn(f"W&B host {host} is unreachable: logging offline (upload later with `wandb sync`).")
+                    init_args["offline"] = True
             if not wandb_available():
                 rank_zero_warn("wandb cannot be imported: logging to a CSVLogger instead of the WandbLogger.")
                 logger.class_path = _CSV_LOGGER
                 kept = {k: init_args.get(k) for k in ("save_dir", "name") if init_args.get(k) is not None}
                 logger.init_args = type(init_args)(**kept)
+
+
+def _check_output_dirs(trainer: Any, loggers: list) -> None:
+    """Fail before loading anything when an output directory cannot be written (clear message, exit 1)."""
+    dirs = [("trainer.default_root_dir", trainer.get("default_root_dir"))]
+    for i, logger in enumerate(loggers):
+        init_args = getattr(logger, "init_args", None) or {}
+        key = "trainer.logger" if len(loggers) == 1 else f"trainer.logger[{i}]"
+        dirs.append((f"{key}.init_args.save_dir", init_args.get("save_dir")))
+    for callback in trainer.get("callbacks") or []:
+        init_args = getattr(callback, "init_args", None) or {}
+        if init_args.get("dirpath"):
+            dirs.append((f"{getattr(callback, 'class_path', 'callback')}.dirpath", init_args.get("dirpath")))
+    for key, path in dirs:
+        if not path:
+            continue
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            raise SystemExit(
+                f"entropy-reg: error: output directory {str(path)!r} ({key}) is not writable: {exc}. "
+                "Choose another directory."
+            ) from None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host opens within ``timeout`` s (DNS included)."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # A thread bounds DNS resolution too (getaddrinfo has no timeout of its own).
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return bool(result and result[0])
 
 
 def _run_name(config: Any) -> str | None:
@@ -107,10 +207,16 @@ def _compare(argv: Sequence[str]) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-    """Console entry point: ``compare`` goes to the report CLI, everything else to LightningCLI."""
+    """Console entry point: ``compare`` goes to the report CLI, everything else to LightningCLI.
+
+    As a program (``argv=None``: the ``entropy-reg`` script, ``python -m entropy_reg``) it returns an
+    exit status (0 after a successful run; ``sys.exit`` of the CLI object would print it and exit 1);
+    called with ``argv`` it returns the :class:`EntropyRegCLI` object (its trainer, model, ...).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "compare":
         return _compare(args[1:])
     configure_wandb_env()  # before anything can import and start wandb
     # args=None when they are sys.argv's: LightningCLI warns when given both.
-    return EntropyRegCLI(args=None if argv is None else args)
+    cli = EntropyRegCLI(args=None if argv is None else args)
+    return 0 if argv is None else cli
