@@ -83,9 +83,16 @@ def test_dataset_with_zero_usable_rows(tmp_path, run_dir):
 def test_missing_dataset_field_in_process(tmp_path, run_dir):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "answer": "a"}\n{"prompt": "q", "answer": "b"}\n')
-    with pytest.raises(ValueError, match=r"d\.jsonl: row 0.*'response' is missing.*response_field"):
-        cli_mod.main(["fit", "--config", COMBINED, *SMALL, "--data.init_args.dataset", str(data),
-                      "--trainer.logger.init_args.save_dir", str(tmp_path / "run")])
+    try:
+        with pytest.raises(ValueError, match=r"d\.jsonl: row 0.*'response' is missing.*response_field"):
+            cli_mod.main(["fit", "--config", COMBINED, *SMALL, "--data.init_args.dataset", str(data),
+                          "--trainer.logger.init_args.save_dir", str(tmp_path / "run")])
+    finally:
+        # Lightning's teardown after the error started a (disabled) W&B run in this process; a later
+        # WandbLogger would silently reuse it.
+        import wandb
+
+        wandb.finish()
     assert_untouched(run_dir)
 
 
