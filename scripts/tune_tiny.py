@@ -63,7 +63,8 @@ def main() -> None:
                 break
             out = losses.EntropyRegularizedLoss()(logits=model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                                                   labels=batch["labels"])
-            tot += float(out.sums["ce"]); n += int(out.count)
+            tot += float(out.sums["ce"])
+            n += int(out.count)
     print(json.dumps({
         "name": args.name, "steps": args.steps, "lr": args.lr,
         "seq_rep_4": round(seq_rep_n(res.token_ids, 4), 4), "rep_2": round(rep_n(res.token_ids, 2), 2),

@@ -75,7 +75,7 @@ def reference_loss(
                 stats["unlikelihood"] = (-torch.log(torch.clamp(1 - pc, min=eps))).sum()
                 add("copy_mass", stats["copy"])
             row = stats["ce"] if include_ce else logits.new_zeros(())
-            for name, reg in zip(names, regularizers):
+            for name, reg in zip(names, regularizers, strict=False):
                 pen = reg.penalty(stats)
                 add(name, pen)
                 row = row + scale * reg.weight * pen

@@ -246,7 +246,7 @@ class _Plan:
         self.include_ce = include_ce
         self.cdtype = torch.float64 if src.dtype == torch.float64 or (weight is not None and weight.dtype == torch.float64) else torch.float32
 
-        active = [(name, reg) for name, reg in zip(owner.term_names, owner.regularizers)]
+        active = [(name, reg) for name, reg in zip(owner.term_names, owner.regularizers, strict=False)]
         self.active = active
         needed: set[str] = set()
         for _, reg in active:
@@ -369,7 +369,7 @@ class _Plan:
             grads: dict[str, Tensor] = {}
             if want_grad and total.requires_grad:
                 keys = list(leaves)
-                for k, g in zip(keys, torch.autograd.grad(total, [leaves[k] for k in keys], allow_unused=True)):
+                for k, g in zip(keys, torch.autograd.grad(total, [leaves[k] for k in keys], allow_unused=True), strict=False):
                     if g is not None:
                         grads[k] = g
         return total.detach(), grads, penalties
@@ -419,7 +419,7 @@ def _contiguous_runs(idx: Tensor, offset: int) -> list[tuple[int, int, int]]:
     starts = [0] + breaks.tolist()
     ends = breaks.tolist() + [idx.numel()]
     first_rows = idx[starts].tolist()
-    return [(offset + a, r, b - a) for a, b, r in zip(starts, ends, first_rows)]
+    return [(offset + a, r, b - a) for a, b, r in zip(starts, ends, first_rows, strict=False)]
 
 
 class _OnePassFunction(torch.autograd.Function):
@@ -439,6 +439,6 @@ class _OnePassFunction(torch.autograd.Function):
         # are instead of allocating another [tokens, V] tensor.
         unit = bool((grad_out == 1).all())
         out = []
-        for g, has in zip(saved, ctx.has):
+        for g, has in zip(saved, ctx.has, strict=False):
             out.append((g if unit else g * grad_out.to(g.dtype)) if has else None)
         return out[0], out[1], out[2], None
