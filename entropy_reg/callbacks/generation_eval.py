@@ -218,8 +218,26 @@ class GenerationEval(Callback):
         tokenizer = find_tokenizer(pl_module, trainer)
         if tokenizer is None:
             raise ValueError("GenerationEval found no tokenizer on the module or datamodule")
-        prompts = self._encode_prompts(tokenizer)
         step = trainer.global_step
+        scalars, results, probe = self.measure(model, tokenizer)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                # One call, so scalars, table, histograms and probe share a single W&B history row.
+                logger.log_metrics({**scalars, **self.wandb_extras(results, probe, step)}, step=step)
+            else:
+                logger.log_metrics(scalars, step=step)
+        return scalars
+
+    def measure(
+        self, model: Any, tokenizer: Any
+    ) -> tuple[dict[str, float], dict[str, GenerationResult], dict[str, Any] | None]:
+        """The evaluation without logging (shared with ``entropy_reg.hf.EntropyEvalCallback``).
+
+        Returns:
+            ``(scalars, results, probe)``: ``eval/<decoding>/<metric>`` and ``eval/probe/*`` scalars, the
+            generation result per decoding, and the probe result (None without probe sentences).
+        """
+        prompts = self._encode_prompts(tokenizer)
         scalars: dict[str, float] = {}
         results: dict[str, GenerationResult] = {}
         for decoding in self.decodings:
@@ -234,13 +252,7 @@ class GenerationEval(Callback):
             N = probe["n"][-1]
             scalars.update({"eval/probe/tp_1": probe["tp"][0], f"eval/probe/tp_{N}": probe["tp"][-1],
                             f"eval/probe/ip_{N}": probe["ip"][-1], f"eval/probe/wr_{N}": probe["wr"][-1]})
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                # One call, so scalars, table, histograms and probe share a single W&B history row.
-                logger.log_metrics({**scalars, **self._wandb_extras(results, probe, step)}, step=step)
-            else:
-                logger.log_metrics(scalars, step=step)
-        return scalars
+        return scalars, results, probe
 
     def _encode_prompts(self, tokenizer: Any) -> list[str] | list[list[int]]:
         if not self.use_chat_template:
@@ -285,8 +297,9 @@ class GenerationEval(Callback):
             return None
         return multi_sentence_probe(model, usable, n_repeats=self.probe_repeats, prefix_ids=prefix)
 
-    def _wandb_extras(self, results: dict[str, GenerationResult], probe: dict[str, Any] | None,
-                      step: int) -> dict[str, Any]:
+    def wandb_extras(self, results: dict[str, GenerationResult], probe: dict[str, Any] | None,
+                     step: int) -> dict[str, Any]:
+        """W&B objects of one evaluation: completions table, entropy histograms, probe curve."""
         import wandb
 
         extras: dict[str, Any] = {}

@@ -1,9 +1,8 @@
 """EntropyEvalCallback: the Lightning ``GenerationEval`` evaluation for ``transformers.Trainer``.
 
 The metric code is the Lightning callback's own: this callback holds a ``GenerationEval`` (built from the
-same arguments, which validates them) and calls its per-decoding metric and W&B-extras methods, so both
-paths compute identical numbers. (Those are private methods today; see ``_measure`` for the function
-that should become public in ``entropy_reg.callbacks.generation_eval``.)
+same arguments, which validates them) and calls its ``measure`` (generation, metrics, probe) and
+``wandb_extras``, so both paths compute identical numbers.
 
 Names: the Trainer's reporting integrations rename keys (``eval_x`` -> ``eval/x``, anything else ->
 ``train/x``), so the scalars go into the Trainer's logs as ``eval_<decoding>/<metric>`` and arrive in
@@ -19,7 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from entropy_reg.callbacks.generation_eval import GenerationEval
-from entropy_reg.generation import DecodingConfig, GenerationResult, generate_with_entropy
+from entropy_reg.generation import DecodingConfig
 from entropy_reg.metrics import DEFAULT_LOW_ENTROPY_THRESHOLD, CollapseThresholds
 
 
@@ -149,7 +148,7 @@ class EntropyEvalCallback(TrainerCallback):
             raise RuntimeError("EntropyEvalCallback is not attached: call entropy_reg.hf.attach(trainer)")
         tokenizer = self._tokenizer(processing_class)
         step = state.global_step
-        scalars, results = self._measure(model, tokenizer)
+        scalars, results, probe = self._eval.measure(model, tokenizer)
         self.last_metrics = scalars
         # The base Trainer.log, not the subclass's: TRL's SFTTrainer.log merges and clears its pending
         # training metrics, which must not happen from a main-process-only call.
@@ -162,23 +161,7 @@ class EntropyEvalCallback(TrainerCallback):
         control.should_log = should_log
         run = self._wandb_run(args)
         if run is not None and (self._eval.log_table or self._eval.log_histogram):
-            run.log({**self._eval._wandb_extras(results, None, step), "train/global_step": step})
-
-    def _measure(self, model: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, GenerationResult]]:
-        # TODO(generation_eval owner): this is GenerationEval.evaluate minus its logging; once that module
-        # exposes it as a public function (see the report of issue 8), call that instead.
-        ev = self._eval
-        prompts = ev._encode_prompts(tokenizer)
-        scalars: dict[str, float] = {}
-        results: dict[str, GenerationResult] = {}
-        for decoding in ev.decodings:
-            res = generate_with_entropy(
-                model, tokenizer, prompts, decoding, max_new_tokens=ev.max_new_tokens,
-                batch_size=ev.batch_size, seed=ev.seed, progress=ev.progress,
-            )
-            results[decoding.name] = res
-            scalars.update({f"eval/{decoding.name}/{k}": v for k, v in ev._decoding_metrics(res).items()})
-        return scalars, results
+            run.log({**self._eval.wandb_extras(results, probe, step), "train/global_step": step})
 
     @staticmethod
     def _wandb_run(args: Any) -> Any:
