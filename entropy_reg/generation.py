@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from entropy_reg.hf_utils import model_device
 from entropy_reg.metrics.entropy import entropy_and_logsumexp
 
 
@@ -173,13 +174,6 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def generate_with_entropy(
     model: Any,
     tokenizer: Any,
@@ -215,7 +209,7 @@ def generate_with_entropy(
     eos_ids = _eos_ids(tokenizer, model)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad_id) if pad_id is not None else (eos_ids[0] if eos_ids else 0)
-    device = _model_device(model)
+    device = model_device(model)
 
     from tqdm.auto import tqdm
 

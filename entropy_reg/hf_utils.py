@@ -80,3 +80,13 @@ def find_tokenizer(pl_module: Any, trainer: Any = None) -> Any | None:
         if tok is not None:
             return tok
     return None
+
+
+def model_device(model: nn.Module):
+    """Device of a module's first parameter (CPU for a parameterless module)."""
+    import torch
+
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")

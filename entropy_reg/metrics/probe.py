@@ -20,14 +20,8 @@ from typing import Any
 
 import torch
 
+from entropy_reg.hf_utils import model_device
 from entropy_reg.metrics._inputs import as_id_list
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def self_reinforcement_probe(
@@ -59,7 +53,7 @@ def self_reinforcement_probe(
             "(without prefix_ids the first token cannot be scored)"
         )
     S, P = len(sentence), len(prefix)
-    ids = torch.tensor([prefix + sentence * n_repeats], dtype=torch.long, device=_model_device(model))
+    ids = torch.tensor([prefix + sentence * n_repeats], dtype=torch.long, device=model_device(model))
     was_training = model.training
     model.eval()
     try:
