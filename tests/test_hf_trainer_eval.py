@@ -105,6 +105,9 @@ def test_reaches_wandb_offline(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_PROJECT", "test-hf-trainer")
+    # wandb caches its settings (WANDB_DIR included) in a process-wide singleton: an earlier test's
+    # run would otherwise send this one to the working directory.
+    wandb.teardown()
     cb = EntropyEvalCallback(prompts=["The list"], every_n_steps=1, on_evaluate=False, decodings=["greedy"],
                              max_new_tokens=3, log_histogram=False)
     loss_fn = EntropyRegularizedTrainerLoss(EntropyRegularizedLoss([AntiCopyPenalty(weight=0.5)]))
