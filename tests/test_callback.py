@@ -9,23 +9,14 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
+from tiny_models import tiny_llama
 from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from entropy_reg.callbacks import CoefficientSchedule, EntropyRegularizer
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
 
 V, B, T = 64, 4, 12
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
 
 
 def random_batches(n: int = 8, seed: int = 0) -> DataLoader:

@@ -10,8 +10,9 @@ import torch
 from datasets import Dataset
 from lightning.pytorch import LightningModule
 from lightning.pytorch import Trainer as LightningTrainer
+from tiny_models import tiny_llama
 from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
 from entropy_reg.callbacks import CoefficientSchedule, EntropyRegularizer
 from entropy_reg.hf import EntropyRegularizedTrainerLoss, attach
@@ -20,15 +21,6 @@ from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularized
 V, T = 64, 12
 TERMS = ("tail_mass_floor", "anti_copy", "entropy_floor")
 STATS = ("ce", "entropy", "tail_mass", "copy_mass", *TERMS, "reg_loss")
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
 
 
 def rows(n: int = 4, seed: int = 0) -> list[dict[str, list[int]]]:
