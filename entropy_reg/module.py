@@ -183,6 +183,9 @@ class CausalLMModule(LightningModule):
         self.model, self.tokenizer = load_model_and_tokenizer(
             model_name_or_path, gguf_file=gguf_file, dtype=dtype, tiny_config=tiny_config
         )
+        # from_pretrained returns a model in eval mode and Lightning (>= 2.2) keeps submodule modes as
+        # they are at fit start: without this, dropout would stay off during fine-tuning.
+        self.model.train()
         if gradient_checkpointing:
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
