@@ -9,7 +9,10 @@ Two entry points share one kernel (``stats.py``):
 The gradient is computed in the forward pass, chunk by chunk, in closed form (the loss is a scalar at
 the end of the graph, so only the scalar upstream gradient is unknown then; backward multiplies by it).
 This is what makes the hidden path cost one matmul forward and two "backward" matmuls, like a plain
-matmul + cross-entropy, instead of recomputing logits in backward.
+matmul + cross-entropy, instead of recomputing logits in backward. Consequences: ``scale`` and
+``num_tokens`` are read at forward time, and on the logits path the gradient buffer is handed to autograd
+as it is when the upstream gradient is 1, so a second ``backward(retain_graph=True)`` through the same
+loss is not supported (compute the loss again instead).
 """
 
 from __future__ import annotations
