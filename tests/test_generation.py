@@ -62,17 +62,22 @@ def test_shapes_alignment_and_conventions(model, tok):
         assert tok.pad_token_id not in ids or eos
 
 
-def test_entropy_is_from_raw_logits_and_matches_a_manual_forward(model, tok):
-    res = generate_with_entropy(model, tok, ["hello"], "greedy", max_new_tokens=5)
+def rescored_logits(model, res):
+    """Raw logits of a plain forward over prompt + continuation at the generated positions ([n, V])."""
     full = torch.tensor([res.prompt_ids[0] + res.token_ids[0]])
     with torch.no_grad():
         logits = model(full).logits[0]
     P = len(res.prompt_ids[0])
     # position P-1+k predicts generated token k
-    expected = token_entropy(logits[P - 1 : P - 1 + len(res.token_ids[0])])
-    torch.testing.assert_close(torch.tensor(res.entropies[0]), expected, atol=1e-4, rtol=1e-4)
+    return logits[P - 1 : P - 1 + len(res.token_ids[0])]
+
+
+def test_entropy_is_from_raw_logits_and_matches_a_manual_forward(model, tok):
+    res = generate_with_entropy(model, tok, ["hello"], "greedy", max_new_tokens=5)
+    logits = rescored_logits(model, res)
+    torch.testing.assert_close(torch.tensor(res.entropies[0]), token_entropy(logits), atol=1e-4, rtol=1e-4)
     # greedy: the chosen token is the argmax of the raw logits
-    assert res.token_ids[0] == logits[P - 1 : P - 1 + len(res.token_ids[0])].argmax(-1).tolist()
+    assert res.token_ids[0] == logits.argmax(-1).tolist()
 
 
 def test_entropy_invariant_to_temperature_given_the_same_tokens(model, tok):
@@ -83,11 +88,7 @@ def test_entropy_invariant_to_temperature_given_the_same_tokens(model, tok):
     cold = generate_with_entropy(model, tok, ["abc"], DecodingConfig("cold", do_sample=True, temperature=0.05),
                                  max_new_tokens=6, seed=1)
     for res in (hot, cold):
-        full = torch.tensor([res.prompt_ids[0] + res.token_ids[0]])
-        with torch.no_grad():
-            logits = model(full).logits[0]
-        P = len(res.prompt_ids[0])
-        expected = token_entropy(logits[P - 1 : P - 1 + len(res.token_ids[0])])
+        expected = token_entropy(rescored_logits(model, res))
         torch.testing.assert_close(torch.tensor(res.entropies[0]), expected, atol=1e-4, rtol=1e-4)
     # the first position has the same context in both runs -> identical entropy despite T=5 vs T=0.05
     assert hot.entropies[0][0] == pytest.approx(cold.entropies[0][0], abs=1e-5)
