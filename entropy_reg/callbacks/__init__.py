@@ -1,9 +1,10 @@
-"""Lightning callbacks: regularizer attachment, coefficient schedule, generation eval."""
+"""Lightning callbacks: regularizer attachment, coefficient schedule, generation eval, progress lines."""
 
 from entropy_reg.callbacks.entropy_regularizer import EntropyRegularizer
+from entropy_reg.callbacks.progress import ProgressLog
 from entropy_reg.callbacks.schedule import CoefficientSchedule
 
-__all__ = ["EntropyRegularizer", "CoefficientSchedule"]
+__all__ = ["EntropyRegularizer", "CoefficientSchedule", "ProgressLog"]
 
 try:  # GenerationEval lands separately (entropy_reg/callbacks/generation_eval.py)
     from entropy_reg.callbacks.generation_eval import GenerationEval  # noqa: F401
