@@ -9,45 +9,16 @@ import shutil
 import subprocess
 
 import pytest
-import torch
+from tiny_compare import FAST, PROMPTS, one_thread, write_compare_inputs  # noqa: F401 (autouse fixture)
 
 from entropy_reg import cli as top_cli
-from entropy_reg.models import save_pretrained_dir
 from entropy_reg.report.cli import main
-from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
-
-TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64}
-PROMPTS = ["What does the function `json.dumps` do?", "Explain the Python topic 'for'.", "请解释 Python 中的 for 语句。"]
-FAST = ["--max-new-tokens", "10", "--seeds", "2", "--batch-size", "2", "--bootstrap", "200", "--max-heldout", "6",
-        "--probe-sentences", "2", "--probe-repeats", "3", "--max-length", "64", "--no-progress"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI box has 2 cores shared with other jobs: one intra-op thread is ~10x faster for a 32-wide
-    # model under contention than two spinning threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny HF dirs (different init seeds) and a checkpoint holding model A's weights."""
-    root = tmp_path_factory.mktemp("cmp_models")
-    tok = build_tiny_tokenizer()
-    a = build_tiny_llama(tok, seed=0, **TINY)
-    b = build_tiny_llama(tok, seed=1, **TINY)
-    save_pretrained_dir(a, tok, root / "a")
-    save_pretrained_dir(b, tok, root / "b")
-    # What CausalLMModule checkpoints hold (entropy_reg.models.load_checkpoint_model's contract).
-    ckpt = root / "a.ckpt"
-    torch.save({"hyper_parameters": {"model_name_or_path": "tiny", "gguf_file": None, "tiny_config": TINY},
-                "state_dict": {f"model.{k}": v for k, v in a.state_dict().items()}}, ckpt)
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in PROMPTS), "utf-8")
-    return {"a": str(root / "a"), "b": str(root / "b"), "ckpt": str(ckpt), "prompts": str(prompts)}
+    return write_compare_inputs(tmp_path_factory.mktemp("cmp_models"), {"a": 0, "b": 1})
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@
     entropy-reg compare --baseline runs/base/last.ckpt --candidate runs/reg/last.ckpt
     entropy-reg compare runs/base/last.ckpt runs/reg/last.ckpt --decoding greedy,top_p --seeds 3 --out cmp/
     entropy-reg compare tiny path/to/hf_dir --prompts prompts.jsonl --max-new-tokens 64 --wandb
+    entropy-reg compare --baseline sft.ckpt --candidate reg.ckpt --reference embedded:smollm2-135m-instruct
 
 A model PATH is a Lightning ``.ckpt`` written by CausalLMModule, a Hugging Face model directory, a
 ``.gguf`` file, ``tiny`` or ``embedded:smollm2-135m-instruct``. Writes ``report.md``, ``report.html``,
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("candidate_pos", nargs="?", metavar="CANDIDATE", help="candidate model (or use --candidate)")
     p.add_argument("--baseline", help="baseline model: .ckpt, HF dir, .gguf, 'tiny' or 'embedded:...'")
     p.add_argument("--candidate", help="candidate model (same tokenizer as the baseline)")
+    p.add_argument("--reference", help="optional third model shown next to both, e.g. the model before "
+                   "fine-tuning: adds its values and the paired CIs of baseline - reference and candidate - "
+                   "reference (same prompts, seeds and held-out text)")
     p.add_argument("--prompts", metavar="FILE", help="prompts: .txt one per line, or .jsonl with \"prompt\" "
                    "(default: built-in set of Python-docs questions, English and Chinese)")
     p.add_argument("--decoding", default="greedy,top_p",
@@ -102,6 +106,7 @@ def run(argv: Sequence[str]) -> int:
     config = CompareConfig(
         baseline=_pick(args.baseline_pos, args.baseline, "baseline"),
         candidate=_pick(args.candidate_pos, args.candidate, "candidate"),
+        reference=args.reference,
         prompts_file=args.prompts,
         decodings=split_decodings(args.decoding),
         max_new_tokens=args.max_new_tokens,

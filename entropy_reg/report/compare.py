@@ -2,11 +2,15 @@
 
 Steps (all inputs are validated before the first model loads, so bad options fail fast):
 
-1. load both models (``.ckpt`` / HF dir / ``.gguf`` / ``"tiny"`` / ``"embedded:..."``) and check that
-   their tokenizers agree (:mod:`entropy_reg.report.loading`);
+1. load both models (``.ckpt`` / HF dir / ``.gguf`` / ``"tiny"`` / ``"embedded:..."``), and the
+   optional reference (e.g. the model before fine-tuning), and check that their tokenizers agree
+   (:mod:`entropy_reg.report.loading`);
 2. generate on the same formatted prompts with the same decodings and seeds (:mod:`.generate`);
 3. teacher-forced perplexity, rep/l, wrep/l on held-out text and the DITTO probe (:mod:`.heldout`);
-4. metric rows with paired bootstrap CIs (:mod:`.rows`).
+4. metric rows with paired bootstrap CIs (:mod:`.rows`): candidate - baseline, and with a reference
+   also baseline - reference and candidate - reference, all on the same resamples.
+
+A reference costs one more model's generation, held-out pass and probe, nothing else.
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ from entropy_reg.report.generate import Runs, generate_all
 from entropy_reg.report.heldout import HeldoutStats, encode_heldout, run_probe, teacher_forced
 from entropy_reg.report.loading import check_model_path, check_same_tokenizer, load_one
 from entropy_reg.report.prompts import InputError, encode_prompts, load_heldout, load_prompts, probe_sentences
-from entropy_reg.report.rows import Row, generation_rows, heldout_rows, probe_rows
-
-ROLES = ("baseline", "candidate")
+from entropy_reg.report.rows import REFERENCE, Row, generation_rows, heldout_rows, probe_rows
 
 
 @dataclass
@@ -33,6 +35,7 @@ class CompareConfig:
 
     baseline: str
     candidate: str
+    reference: str | None = None
     prompts_file: str | None = None
     decodings: list[str] = field(default_factory=lambda: ["greedy", "top_p"])
     max_new_tokens: int = 128
@@ -110,12 +113,17 @@ def compare_models(config: CompareConfig, thresholds: CollapseThresholds | None 
     decodings = parse_decodings(config.decodings)
     prompts = load_prompts(config.prompts_file)
     heldout_texts = load_heldout(config.heldout_file, config.max_heldout)
-    for path, role in ((config.baseline, "baseline"), (config.candidate, "candidate")):
+    paths = {"baseline": config.baseline, "candidate": config.candidate}
+    if config.reference is not None:
+        paths[REFERENCE] = config.reference
+    for role, path in paths.items():
         check_model_path(path, role)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    models = {"baseline": load_one(config.baseline, "baseline"), "candidate": load_one(config.candidate, "candidate")}
-    check_same_tokenizer(models["baseline"][1], models["candidate"][1], config.baseline, config.candidate, prompts)
+    models = {role: load_one(path, role) for role, path in paths.items()}
+    for role in list(paths)[1:]:
+        check_same_tokenizer(models["baseline"][1], models[role][1], config.baseline, paths[role], prompts,
+                             role=role)
     timings["load"] = time.perf_counter() - t0
     tokenizer = models["baseline"][1]
 

@@ -13,7 +13,7 @@ import html
 from typing import Any
 
 from entropy_reg.metrics import detect_loop, seq_rep_n
-from entropy_reg.report.markdown import HEADER, row_cells, sections
+from entropy_reg.report.markdown import has_reference, header, row_cells, sections
 from entropy_reg.report.rows import Row
 
 REPEAT_N = 4
@@ -26,7 +26,8 @@ th{background:#f0f0f0;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.variant{color:#666;font-size:12px}
 tr.sig td.diff{font-weight:bold}
-.samples td{width:33%;white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+.samples{table-layout:fixed;width:100%}
+.samples td{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 span.loop{background:#f8c4c4}
 span.rep{background:#fff0a8}
 .badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:11px;font-family:sans-serif;color:#fff}
@@ -38,17 +39,18 @@ img{max-width:100%;border:1px solid #ddd;margin:6px 0}
 
 def _metric_tables(rows: list[Row]) -> str:
     parts = []
+    ref = has_reference(rows)
     for section, items in sections(rows).items():
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header(ref))
         body = []
         for r in items:
-            cells = row_cells(r)
+            cells = row_cells(r, ref)
             iv = r.interval
             sig = iv is not None and iv.low is not None and (iv.low > 0 or iv.high < 0)
             tds = [f"<td>{html.escape(cells[0])}</td>"]
             tds += [f'<td class="num{" diff" if i == 3 else ""}">{html.escape(c)}</td>'
-                    for i, c in enumerate(cells[1:6], start=1)]
-            tds.append(f'<td class="variant">{html.escape(cells[6])}</td>')
+                    for i, c in enumerate(cells[1:-1], start=1)]
+            tds.append(f'<td class="variant">{html.escape(cells[-1])}</td>')
             body.append(f'<tr class="{"sig" if sig else ""}" data-key="{html.escape(r.key)}">{"".join(tds)}</tr>')
         parts.append(f"<h3>{html.escape(section)}</h3><table class=\"metrics\"><tr>{head}</tr>{''.join(body)}</table>")
     return "\n".join(parts)
@@ -110,13 +112,13 @@ def _samples(cmp: Any, tokenizer: Any, max_samples: int) -> str:
     parts = ['<p class="legend"><span class="loop">repeating tail (detect_loop)</span>'
              f'<span class="rep">repeated {REPEAT_N}-gram</span></p>']
     for dec, by_role in cmp.runs.items():
-        base, cand = by_role["baseline"], by_role["candidate"]
+        base = by_role["baseline"]
         cls = {role: cmp.per_sample[dec][role]["collapse_class"] for role in by_role}
         rows = []
         for p in sample_prompts(base.n_prompts, max_samples):
             u = base.unit(p, 0)
             cells = [f"<td>{html.escape(cmp.prompts[p])}</td>"]
-            for role, r in (("baseline", base), ("candidate", cand)):
+            for role, r in by_role.items():  # baseline, candidate (, reference)
                 ids = r.token_ids[u]
                 c = cls[role][u]
                 sr = seq_rep_n([ids], 4) if len(ids) >= 4 else 0.0
@@ -125,7 +127,7 @@ def _samples(cmp: Any, tokenizer: Any, max_samples: int) -> str:
                 cells.append(f"<td>{meta}{highlighted(tokenizer, ids)}</td>")
             rows.append(f"<tr>{''.join(cells)}</tr>")
         parts.append(f"<h3>{html.escape(dec)} (seed {base.seeds[0]})</h3><table class=\"samples\">"
-                     f"<tr><th>prompt</th><th>baseline</th><th>candidate</th></tr>{''.join(rows)}</table>")
+                     f"<tr><th>prompt</th>{''.join(f'<th>{role}</th>' for role in by_role)}</tr>{''.join(rows)}</table>")
     return "\n".join(parts)
 
 

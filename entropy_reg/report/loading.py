@@ -48,9 +48,13 @@ def load_one(path: str, role: str) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def check_same_tokenizer(tok_a: Any, tok_b: Any, path_a: str, path_b: str, prompts: list[str]) -> None:
-    """Raise InputError when the two tokenizers differ (vocabulary or encodings)."""
-    where = f"baseline {path_a!r} vs candidate {path_b!r}"
+def check_same_tokenizer(tok_a: Any, tok_b: Any, path_a: str, path_b: str, prompts: list[str],
+                         role: str = "candidate") -> None:
+    """Raise InputError when the two tokenizers differ (vocabulary or encodings).
+
+    ``tok_a`` is the baseline's; ``role`` names the other model ("candidate" or "reference").
+    """
+    where = f"baseline {path_a!r} vs {role} {path_b!r}"
     vocab_a, vocab_b = tok_a.get_vocab(), tok_b.get_vocab()
     if vocab_a != vocab_b:
         only_a = sorted(set(vocab_a) - set(vocab_b))[:3]
@@ -58,7 +62,7 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any, path_a: str, path_b: str, promp
         moved = sorted(t for t in set(vocab_a) & set(vocab_b) if vocab_a[t] != vocab_b[t])[:3]
         details = [f"sizes {len(vocab_a)} vs {len(vocab_b)}"]
         details += [f"{what} e.g. {items}" for what, items in (
-            ("only in baseline", only_a), ("only in candidate", only_b), ("different ids", moved)) if items]
+            ("only in baseline", only_a), (f"only in {role}", only_b), ("different ids", moved)) if items]
         raise InputError(
             f"tokenizer mismatch, {where}: vocabularies differ ({'; '.join(details)}). "
             "Compare models fine-tuned from the same base model."

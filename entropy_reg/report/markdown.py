@@ -9,6 +9,16 @@ from typing import Any
 from entropy_reg.report.rows import Row
 
 HEADER = ("metric", "baseline", "candidate", "difference", "95% CI", "rel.", "variant")
+# With ``--reference``: its value and both models' paired differences against it, before "variant".
+REFERENCE_HEADER = ("reference", "base − ref [95% CI]", "cand − ref [95% CI]")
+
+
+def has_reference(rows: Iterable[Row]) -> bool:
+    return any(r.reference is not None for r in rows)
+
+
+def header(with_reference: bool) -> tuple[str, ...]:
+    return HEADER[:-1] + REFERENCE_HEADER + HEADER[-1:] if with_reference else HEADER
 
 
 def fmt(x: float | None, signed: bool = False) -> str:
@@ -19,11 +29,20 @@ def fmt(x: float | None, signed: bool = False) -> str:
     return f"{x:+.4f}" if signed else f"{x:.4f}"
 
 
-def row_cells(row: Row) -> list[str]:
-    iv = row.interval
-    ci = f"[{fmt(iv.low, True)}, {fmt(iv.high, True)}]" if iv and iv.low is not None else "—"
+def _ci(iv: Any) -> str:
+    return f"[{fmt(iv.low, True)}, {fmt(iv.high, True)}]" if iv and iv.low is not None else "—"
+
+
+def row_cells(row: Row, with_reference: bool = False) -> list[str]:
+    """Cells in :func:`header` order (the variant is always last)."""
     rel = f"{row.relative:+.1f}%" if row.relative is not None else "—"
-    return [row.label, fmt(row.baseline), fmt(row.candidate), fmt(row.diff, True), ci, rel, row.variant]
+    cells = [row.label, fmt(row.baseline), fmt(row.candidate), fmt(row.diff, True), _ci(row.interval), rel]
+    if with_reference:
+        ref = row.reference
+        cells.append(fmt(ref))
+        for value, iv in ((row.baseline, row.baseline_vs_reference), (row.candidate, row.candidate_vs_reference)):
+            cells.append("—" if ref is None else f"{fmt(value - ref, True)} {_ci(iv)}")
+    return cells + [row.variant]
 
 
 def sections(rows: Iterable[Row]) -> dict[str, list[Row]]:
@@ -39,9 +58,11 @@ def _escape(cell: str) -> str:
 
 def table(rows: list[Row]) -> str:
     lines = []
+    ref = has_reference(rows)
+    head = header(ref)
     for section, items in sections(rows).items():
-        lines += [f"### {section}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        lines += ["| " + " | ".join(_escape(c) for c in row_cells(r)) + " |" for r in items]
+        lines += [f"### {section}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(_escape(c) for c in row_cells(r, ref)) + " |" for r in items]
         lines.append("")
     return "\n".join(lines)
 
@@ -51,16 +72,18 @@ def render(cmp: Any) -> str:
     c = cmp.config
     dec_lines = ", ".join(f"{d} ({len(by['baseline'].seeds)} seed(s))" for d, by in cmp.runs.items())
     n_ht = int(cmp.heldout["baseline"].n_tokens.size)
+    ref_diffs = "; base − ref = baseline - reference, cand − ref = candidate - reference" if c.reference else ""
     return "\n".join([
         "# entropy-reg compare",
         "",
         f"- baseline: `{c.baseline}`",
         f"- candidate: `{c.candidate}`",
+        *([f"- reference: `{c.reference}` (same prompts, seeds and held-out text)"] if c.reference else []),
         f"- prompts: {len(cmp.prompts)} ({c.prompts_file or 'built-in set'}); decodings: {dec_lines}; "
         f"max_new_tokens={c.max_new_tokens}",
         f"- held-out: {n_ht} texts ({c.heldout_file or 'embedded heldout split'}), max_length={c.max_length}",
-        f"- difference = candidate - baseline; 95% CI: paired percentile bootstrap, {c.n_bootstrap} resamples "
-        f"of prompts x seeds (held-out: texts; probe: sentences), seed {c.bootstrap_seed}. "
+        f"- difference = candidate - baseline{ref_diffs}; 95% CI: paired percentile bootstrap, "
+        f"{c.n_bootstrap} resamples of prompts x seeds (held-out: texts; probe: sentences), seed {c.bootstrap_seed}. "
         "rel. = difference / |baseline|. Pooled metrics (rep-n, distinct-n, diversity): unique n-grams "
         "attributed to prompts, so a prompt drawn twice does not count as repeating itself; quantiles: "
         "weighted inverted CDF (see entropy_reg.report.bootstrap).",

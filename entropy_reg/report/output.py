@@ -89,16 +89,16 @@ def log_wandb(cmp: Any, plots: dict[str, bytes], out: Path, project: str = "entr
         data = [[r.section, r.label, r.variant, r.baseline, r.candidate, r.diff,
                  r.interval.low if r.interval else None, r.interval.high if r.interval else None] for r in cmp.rows]
         samples = []
+        roles: list[str] = []
         for dec, by_role in cmp.runs.items():
-            base, cand = by_role["baseline"], by_role["candidate"]
+            base, roles = by_role["baseline"], list(by_role)  # baseline, candidate (, reference)
             for p in range(base.n_prompts):
                 for si, seed in enumerate(base.seeds):
                     u = base.unit(p, si)
-                    samples.append([dec, seed, cmp.prompts[p], base.texts[u], cand.texts[u]])
+                    samples.append([dec, seed, cmp.prompts[p], *(by_role[r].texts[u] for r in roles)])
         payload: dict[str, Any] = {
             "compare/metrics": wandb.Table(columns=cols, data=data),
-            "compare/completions": wandb.Table(columns=["decoding", "seed", "prompt", "baseline", "candidate"],
-                                               data=samples),
+            "compare/completions": wandb.Table(columns=["decoding", "seed", "prompt", *roles], data=samples),
         }
         for name, png in plots.items():
             payload[f"compare/{Path(name).stem}"] = wandb.Image(Image.open(io.BytesIO(png)))
@@ -108,6 +108,8 @@ def log_wandb(cmp: Any, plots: dict[str, bytes], out: Path, project: str = "entr
             run.summary[f"{key}/baseline"] = r.baseline
             run.summary[f"{key}/candidate"] = r.candidate
             run.summary[f"{key}/diff"] = r.diff
+            if r.reference is not None:
+                run.summary[f"{key}/reference"] = r.reference
         return str(run.dir)
     finally:
         run.finish()

@@ -16,7 +16,7 @@ import numpy as np
 from entropy_reg.metrics import plot_probe
 from entropy_reg.report.generate import Runs
 
-COLORS = {"baseline": "#1f77b4", "candidate": "#d62728"}
+COLORS = {"baseline": "#1f77b4", "candidate": "#d62728", "reference": "#2ca02c"}
 
 
 def _figure(n_panels: int, height: float = 3.4):
@@ -77,7 +77,7 @@ def position_entropy(runs: dict[str, dict[str, Runs]]) -> bytes:
 
 
 def probe_curve(probe: dict[str, dict[str, Any]]) -> bytes | None:
-    """TP(n) curves of both models (None when no probe sentence was usable)."""
+    """TP(n) curves, one line per model (None when no probe sentence was usable)."""
     if not probe:
         return None
     with tempfile.TemporaryDirectory() as tmp:

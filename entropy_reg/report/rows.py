@@ -8,7 +8,8 @@ quantities (values, sums, n-gram incidence) that reproduce those functions on th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ from entropy_reg.report import bootstrap as bs
 from entropy_reg.report.generate import Runs
 from entropy_reg.report.heldout import HeldoutStats
 
+ROLES = ("baseline", "candidate")
+REFERENCE = "reference"  # optional third model (``compare --reference``), e.g. the base before SFT
+
 
 @dataclass
 class Row:
@@ -42,6 +46,11 @@ class Row:
     baseline: float
     candidate: float
     interval: bs.Interval | None = None
+    # ``--reference`` (e.g. the model before fine-tuning): its value, and the paired CIs of
+    # baseline - reference and candidate - reference (same resamples as the main interval).
+    reference: float | None = None
+    baseline_vs_reference: bs.Interval | None = None
+    candidate_vs_reference: bs.Interval | None = None
 
     @property
     def diff(self) -> float:
@@ -54,17 +63,34 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("interval")
+        for name in ("interval", "baseline_vs_reference", "candidate_vs_reference"):
+            d.pop(name)
         iv = self.interval
         d.update(diff=self.diff, relative_pct=self.relative, ci_low=iv.low if iv else None,
                  ci_high=iv.high if iv else None, ci_resamples=iv.n_resamples if iv else 0)
+        if self.reference is None:
+            d.pop("reference")
+            return d
+        for role, value, ref_iv in (("baseline", self.baseline, self.baseline_vs_reference),
+                                    ("candidate", self.candidate, self.candidate_vs_reference)):
+            d[f"{role}_minus_reference"] = value - self.reference
+            d[f"{role}_minus_reference_ci_low"] = ref_iv.low if ref_iv else None
+            d[f"{role}_minus_reference_ci_high"] = ref_iv.high if ref_iv else None
         return d
 
 
 def _paired(section: str, key: str, label: str, variant: str, point: Callable[[str], float],
-            boot: Callable[[str], np.ndarray]) -> Row:
+            boot: Callable[[str], np.ndarray], roles: Iterable[str] = ROLES) -> Row:
+    """One row; with a ``"reference"`` role also its value and the two paired CIs against it."""
     b, c = point("baseline"), point("candidate")
-    return Row(section, key, label, variant, b, c, bs.paired_interval(b, c, boot("baseline"), boot("candidate")))
+    boot_b, boot_c = boot("baseline"), boot("candidate")
+    row = Row(section, key, label, variant, b, c, bs.paired_interval(b, c, boot_b, boot_c))
+    if REFERENCE in roles:
+        r, boot_r = point(REFERENCE), boot(REFERENCE)
+        row.reference = r
+        row.baseline_vs_reference = bs.paired_interval(r, b, boot_r, boot_b)
+        row.candidate_vs_reference = bs.paired_interval(r, c, boot_r, boot_c)
+    return row
 
 
 def per_continuation_values(runs: Runs, thresholds: CollapseThresholds) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -126,46 +152,48 @@ def generation_rows(section: str, runs: dict[str, Runs], thresholds: CollapseThr
     per = {role: per_continuation_values(r, thresholds) for role, r in runs.items()}
     summ = {role: entropy_summary(r.entropies) for role, r in runs.items()}
     rows: list[Row] = []
+    pair = functools.partial(_paired, roles=runs)
 
     def v(key: str) -> tuple[str, str]:
         return _VARIANTS[key]
 
     ent_sum = {role: np.asarray([sum(e) for e in r.entropies]) for role, r in runs.items()}
     ent_len = {role: np.asarray([len(e) for e in r.entropies], dtype=float) for role, r in runs.items()}
-    rows.append(_paired(section, "entropy_mean", *v("entropy_mean"), lambda m: summ[m]["mean"],
-                        lambda m: bs.ratio_stat(res, ent_sum[m], ent_len[m])))
+    rows.append(pair(section, "entropy_mean", *v("entropy_mean"), lambda m: summ[m]["mean"],
+                     lambda m: bs.ratio_stat(res, ent_sum[m], ent_len[m])))
     for q, key in ((0.1, "entropy_p10"), (0.5, "entropy_p50"), (0.9, "entropy_p90")):
-        rows.append(_paired(section, key, *v(key), lambda m, k=key: summ[m][k.split("_")[1]],
-                            lambda m, q=q: bs.quantile_stat(res, runs[m].entropies, q)))
+        rows.append(pair(section, key, *v(key), lambda m, k=key: summ[m][k.split("_")[1]],
+                         lambda m, q=q: bs.quantile_stat(res, runs[m].entropies, q)))
     low = {role: np.asarray([sum(h < 0.5 for h in e) for e in r.entropies], dtype=float) for role, r in runs.items()}
-    rows.append(_paired(section, "low_entropy_frac", *v("low_entropy_frac"), lambda m: summ[m]["low_entropy_frac"],
-                        lambda m: bs.ratio_stat(res, low[m], ent_len[m])))
+    rows.append(pair(section, "low_entropy_frac", *v("low_entropy_frac"), lambda m: summ[m]["low_entropy_frac"],
+                     lambda m: bs.ratio_stat(res, low[m], ent_len[m])))
     for key in ("seq_rep_4", "seq_rep_2"):
         n = int(key[-1])
-        rows.append(_paired(section, key, *v(key), lambda m, n=n: seq_rep_n(runs[m].token_ids, n),
-                            lambda m, k=key: bs.mean_stat(res, *per[m][k])))
+        rows.append(pair(section, key, *v(key), lambda m, n=n: seq_rep_n(runs[m].token_ids, n),
+                         lambda m, k=key: bs.mean_stat(res, *per[m][k])))
     inc = {(role, n): bs.NgramIncidence(r.token_ids, n) for role, r in runs.items() for n in (2, 3, 4)}
     for n in (2, 4):
-        rows.append(_paired(section, f"rep_{n}", *v(f"rep_{n}"), lambda m, n=n: rep_n(runs[m].token_ids, n),
-                            lambda m, n=n: bs.rep_n_stat(res, inc[(m, n)])))
-    rows.append(_paired(section, "distinct_2", *v("distinct_2"), lambda m: distinct_n(runs[m].token_ids, 2),
-                        lambda m: bs.distinct_n_stat(res, inc[(m, 2)])))
-    rows.append(_paired(section, "diversity", *v("diversity"), lambda m: diversity(runs[m].token_ids),
-                        lambda m: np.prod([1 - bs.rep_n_stat(res, inc[(m, n)]) / 100 for n in (2, 3, 4)], axis=0)))
+        rows.append(pair(section, f"rep_{n}", *v(f"rep_{n}"), lambda m, n=n: rep_n(runs[m].token_ids, n),
+                         lambda m, n=n: bs.rep_n_stat(res, inc[(m, n)])))
+    rows.append(pair(section, "distinct_2", *v("distinct_2"), lambda m: distinct_n(runs[m].token_ids, 2),
+                     lambda m: bs.distinct_n_stat(res, inc[(m, 2)])))
+    rows.append(pair(section, "diversity", *v("diversity"), lambda m: diversity(runs[m].token_ids),
+                     lambda m: np.prod([1 - bs.rep_n_stat(res, inc[(m, n)]) / 100 for n in (2, 3, 4)], axis=0)))
     rows.append(Row(section, "uniq_seq", *v("uniq_seq"), float(uniq_seq(base.token_ids)),
-                    float(uniq_seq(runs["candidate"].token_ids))))
-    rows.append(_paired(section, "sentence_repetition", *v("sentence_repetition"),
-                        lambda m: sentence_repetition(runs[m].texts),
-                        lambda m: bs.mean_stat(res, *per[m]["sentence_repetition"])))
+                    float(uniq_seq(runs["candidate"].token_ids)),
+                    reference=float(uniq_seq(runs[REFERENCE].token_ids)) if REFERENCE in runs else None))
+    rows.append(pair(section, "sentence_repetition", *v("sentence_repetition"),
+                     lambda m: sentence_repetition(runs[m].texts),
+                     lambda m: bs.mean_stat(res, *per[m]["sentence_repetition"])))
     for key in ("degenerate_share", "divergent_share", "healthy_share"):
-        rows.append(_paired(section, key, *v(key), lambda m, k=key: _masked_mean(*per[m][k]),
-                            lambda m, k=key: bs.mean_stat(res, *per[m][k])))
+        rows.append(pair(section, key, *v(key), lambda m, k=key: _masked_mean(*per[m][k]),
+                         lambda m, k=key: bs.mean_stat(res, *per[m][k])))
     eos_ids = base.eos_token_ids or [-1]
-    rows.append(_paired(section, "eos_rate", *v("eos_rate"), lambda m: eos_rate(runs[m].token_ids, eos_ids),
-                        lambda m: bs.mean_stat(res, *per[m]["eos_rate"])))
-    rows.append(_paired(section, "max_length_rate", *v("max_length_rate"),
-                        lambda m: hit_max_length_rate(runs[m].token_ids, base.max_new_tokens, eos_ids),
-                        lambda m: bs.mean_stat(res, *per[m]["max_length_rate"])))
+    rows.append(pair(section, "eos_rate", *v("eos_rate"), lambda m: eos_rate(runs[m].token_ids, eos_ids),
+                     lambda m: bs.mean_stat(res, *per[m]["eos_rate"])))
+    rows.append(pair(section, "max_length_rate", *v("max_length_rate"),
+                     lambda m: hit_max_length_rate(runs[m].token_ids, base.max_new_tokens, eos_ids),
+                     lambda m: bs.mean_stat(res, *per[m]["max_length_rate"])))
     kept = {role: {k: val.tolist() for k, (val, _) in p.items()} for role, p in per.items()}
     for role in kept:
         kept[role]["entropy_mean"] = (ent_sum[role] / np.maximum(ent_len[role], 1)).tolist()
@@ -183,9 +211,9 @@ def heldout_rows(stats: dict[str, HeldoutStats], n_resamples: int, seed: int) ->
     res = bs.resample_weights(len(base.ce_sum), 1, n_resamples, seed)
     section, l = "held-out (teacher forced)", base.window  # noqa: E741
     ppl_boot = {m: np.exp(bs.ratio_stat(res, s.ce_sum, s.n_tokens)) for m, s in stats.items()}
-    rows = [Row(section, "perplexity", "perplexity", "exp(token-mean CE) over all held-out tokens",
-                base.perplexity(), cand.perplexity(),
-                bs.paired_interval(base.perplexity(), cand.perplexity(), ppl_boot["baseline"], ppl_boot["candidate"]))]
+    pair = functools.partial(_paired, roles=stats)
+    rows = [pair(section, "perplexity", "perplexity", "exp(token-mean CE) over all held-out tokens",
+                 lambda m: stats[m].perplexity(), lambda m: ppl_boot[m])]
     ratio = cand.perplexity() / base.perplexity()
     rows.append(Row(section, "perplexity_ratio", "perplexity ratio cand/base",
                     "baseline column 1; candidate column = ratio (success: <= 1.03)", 1.0, ratio,
@@ -197,8 +225,7 @@ def heldout_rows(stats: dict[str, HeldoutStats], n_resamples: int, seed: int) ->
     ):
         point = {m: float(getattr(s, attr).sum() / s.n_tokens.sum()) for m, s in stats.items()}
         boot = {m: bs.ratio_stat(res, getattr(s, attr), s.n_tokens) for m, s in stats.items()}
-        rows.append(Row(section, key, label, variant, point["baseline"], point["candidate"],
-                        bs.paired_interval(point["baseline"], point["candidate"], boot["baseline"], boot["candidate"])))
+        rows.append(pair(section, key, label, variant, point.__getitem__, boot.__getitem__))
     return rows
 
 
@@ -211,6 +238,7 @@ def probe_rows(probes: dict[str, list[dict[str, Any]]], n_resamples: int, seed: 
     res = bs.resample_weights(len(base), 1, n_resamples, seed)
     section = f"self-reinforcement probe ({len(base)} held-out sentences, N={big_n})"
     rows = []
+    pair = functools.partial(_paired, roles=probes)
     for key, idx, label, variant in (
         ("tp_1", 0, "TP(1)", "DITTO, mean prob. of the sentence's tokens in its first copy"),
         ("tp_N", -1, f"TP({big_n})", f"DITTO, mean prob. in copy {big_n} (black hole when -> 1)"),
@@ -219,6 +247,6 @@ def probe_rows(probes: dict[str, list[dict[str, Any]]], n_resamples: int, seed: 
     ):
         metric = key.split("_")[0]
         vals = {m: np.asarray([r[metric][idx] for r in p]) for m, p in probes.items()}
-        rows.append(_paired(section, key, label, variant, lambda m, vals=vals: float(vals[m].mean()),
-                            lambda m, vals=vals: bs.mean_stat(res, vals[m])))
+        rows.append(pair(section, key, label, variant, lambda m, vals=vals: float(vals[m].mean()),
+                         lambda m, vals=vals: bs.mean_stat(res, vals[m])))
     return rows
