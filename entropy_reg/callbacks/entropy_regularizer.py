@@ -15,7 +15,7 @@ from entropy_reg.callbacks.schedule import CoefficientSchedule
 from entropy_reg.hf_utils import find_causal_lm
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
-from entropy_reg.module import drop_gradients, nonfinite_on_any_rank, skip_step_loss
+from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
 
 _PROG_BAR_KEYS = ("loss", "ce", "reg_loss", "entropy", "tail_mass", "copy_mass", "reg_scale")
 
