@@ -22,9 +22,12 @@ renders are not prefixes of each other is rejected with an error.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
+import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
+
+from entropy_reg.errors import MissingFileError, SourceUnavailableError, UserError
 
 IGNORE_INDEX = -100
 EMBEDDED_PREFIX = "embedded:pydoc"
@@ -55,15 +60,18 @@ def load_raw_dataset(
 
     Args:
         source: ``"embedded:pydoc"`` or ``"embedded:pydoc:<split>"``, a local ``.jsonl``/``.json``/
-            ``.parquet`` file, or a hub dataset name (needs network).
+            ``.parquet`` file, or a hub dataset name (needs network). A name that looks like a path
+            (see :func:`is_local_source`) is never sent to the hub: if it does not exist, that is a
+            missing file.
         split: split name for hub datasets and for ``embedded:pydoc`` without an explicit split.
         max_records: keep only the first ``max_records`` rows.
         default_embedded_split: overrides ``split`` for ``embedded:pydoc`` without an explicit split.
 
     Raises:
-        FileNotFoundError: a local-looking path does not exist.
-        ValueError: an unsupported file type, or the file could not be parsed.
-        OSError: a hub dataset could not be loaded.
+        MissingFileError: a local-looking path does not exist.
+        UserError: a directory, an unsupported file type, an empty or blank-only file, or a file that
+            could not be parsed (the message names the file and, for JSON lines, the 1-based line).
+        SourceUnavailableError: a hub dataset could not be loaded.
     """
     import datasets
 
@@ -73,24 +81,21 @@ def load_raw_dataset(
         embedded_split = source[len(EMBEDDED_PREFIX) + 1 :] or default_embedded_split or split
         return datasets.Dataset.from_list(embedded_sft_records(max_records=max_records, split=embedded_split))
     path = Path(source).expanduser()
-    if path.suffix in _LOCAL_FORMATS or path.exists() or source.startswith((".", "/", "~")):
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset file not found: {source!r} (resolved to {path.resolve()})")
-        if path.suffix not in _LOCAL_FORMATS:
-            raise ValueError(
-                f"unsupported dataset file type {path.suffix!r} for {source!r}; use .jsonl, .json or .parquet"
-            )
+    if is_local_source(source):
+        _check_local_file(source, path)
         try:
             ds = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-        except Exception as exc:  # pyarrow/json errors: name the file, keep the cause
-            raise ValueError(
-                f"could not read dataset file {str(path)!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except Exception as exc:  # pyarrow/json errors: say which line is wrong when we can
+            problem = _json_file_problem(path) if _LOCAL_FORMATS[path.suffix] == "json" else None
+            if problem is None:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                problem = f"could not be read ({type(exc).__name__}{': ' + detail if detail else ''})"
+            raise UserError(f"dataset file {str(path)!r}: {problem}") from exc
     else:
         try:
             ds = datasets.load_dataset(source, split=split)
         except Exception as exc:
-            raise OSError(
+            raise SourceUnavailableError(
                 f"could not load dataset {source!r} (split {split!r}) from the Hugging Face hub; the network "
                 f"may be unreachable. Use a local .jsonl/.json/.parquet file or 'embedded:pydoc'. ({exc})"
             ) from exc
@@ -99,11 +104,75 @@ def load_raw_dataset(
     return ds
 
 
+def is_local_source(source: str) -> bool:
+    """Whether a dataset name means a local file rather than a hub id (``org/name``).
+
+    Local: it exists, or starts with ``.``, ``/`` or ``~``, or has more than one ``/``, or ends in a
+    file extension (``data/good.jsnl``; a suffix made of digits, as in ``org/name-2.5``, is not one).
+    """
+    path = Path(source).expanduser()
+    return (
+        path.exists()
+        or source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or (os.sep != "/" and os.sep in source)
+        or re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]*", path.suffix) is not None
+    )
+
+
+def _check_local_file(source: str, path: Path) -> None:
+    """A readable file of a supported type with some content, or a UserError naming it."""
+    if path.is_dir():
+        raise UserError(f"dataset {source!r} is a directory; pass a .jsonl, .json or .parquet file")
+    if not path.is_file():
+        siblings = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, siblings, n=1)
+        hint = f"; did you mean {str(path.parent / close[0])!r}?" if close else ""
+        raise MissingFileError(f"dataset file not found: {source!r} (resolved to {path.resolve()}){hint}")
+    if path.suffix not in _LOCAL_FORMATS:
+        raise UserError(
+            f"dataset file {source!r} has the unsupported type {path.suffix!r}; use .jsonl, .json or .parquet"
+        )
+    if path.stat().st_size == 0:
+        raise UserError(f"dataset file {str(path)!r} is empty; it needs one JSON object per row")
+
+
+def _json_file_problem(path: Path) -> str | None:
+    """What makes a .json/.jsonl file unreadable as rows (blank, bad JSON line, not an object), or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot be read as UTF-8 text ({exc})"
+    if not text.strip():
+        return "has only blank lines; it needs one JSON object per row"
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            pass  # datasets also reads JSON lines from .json files: check it line by line below
+        else:
+            items = data if isinstance(data, list) else [data]
+            bad = next((i for i, item in enumerate(items) if not isinstance(item, dict)), None)
+            if bad is not None:
+                return f"item {bad} (0-based) is a {type(items[bad]).__name__}, not a JSON object"
+            return None if items else "holds an empty list; it needs at least one JSON object"
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {lineno}: invalid JSON ({err.msg} at column {err.colno}); each line must be one JSON object"
+        if not isinstance(record, dict):
+            return f"line {lineno}: expected a JSON object {{...}}, got a {type(record).__name__}"
+    return None
+
+
 # --------------------------------------------------------------------------- validation
 
 
-def _bad_row(source: str, row: int, key: str, problem: str) -> ValueError:
-    return ValueError(f"{source}: row {row} (0-based): key {key!r} {problem}")
+def _bad_row(source: str, row: int, key: str, problem: str) -> UserError:
+    return UserError(f"{source}: row {row} (0-based): key {key!r} {problem}")
 
 
 def _describe(value: Any) -> str:
@@ -182,16 +251,16 @@ def format_prompt(tokenizer, prompt: str, prompt_format: str = "auto") -> str:
 
 def _use_chat(tokenizer, prompt_format: str) -> bool:
     if prompt_format not in ("auto", "chat", "plain"):
-        raise ValueError(f"prompt_format must be 'auto', 'chat' or 'plain', got {prompt_format!r}")
+        raise UserError(f"prompt_format must be 'auto', 'chat' or 'plain', got {prompt_format!r}")
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if prompt_format == "chat" and not has_template:
-        raise ValueError("prompt_format='chat' but the tokenizer has no chat_template")
+        raise UserError("prompt_format='chat' but the tokenizer has no chat_template")
     return prompt_format == "chat" or (prompt_format == "auto" and has_template)
 
 
 def _eos_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token_id; responses must end with EOS")
+        raise UserError("the tokenizer has no eos_token_id; responses must end with EOS")
     return tokenizer.eos_token_id
 
 
@@ -202,7 +271,7 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int],
         ValueError: the tokenizer has no chat template, or its renders are not prefix-consistent.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("chat rows ('messages') need a tokenizer with a chat_template")
+        raise UserError("chat rows ('messages') need a tokenizer with a chat_template")
     segments: list[tuple[str, bool]] = []  # (text, is_labeled)
     done = ""  # text rendered and assigned to segments so far
     for i, message in enumerate(messages):
@@ -211,7 +280,7 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int],
         before = _render_prefix(tokenizer, messages[:i])
         through = _render(tokenizer, messages[: i + 1])
         if not before.startswith(done) or not through.startswith(before):
-            raise ValueError(
+            raise UserError(
                 "the chat template is not prefix-consistent (rendering a conversation prefix does not "
                 "give a prefix of the full render), so assistant turns cannot be located for masking"
             )
@@ -219,7 +288,7 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int],
         done = through
     full = _render(tokenizer, messages)
     if not full.startswith(done):
-        raise ValueError("the chat template is not prefix-consistent (see tokenize_chat)")
+        raise UserError("the chat template is not prefix-consistent (see tokenize_chat)")
     segments.append((full[len(done) :], False))
     input_ids: list[int] = []
     labels: list[int] = []
@@ -256,7 +325,7 @@ def resolve_pad_id(tokenizer) -> int:
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
-    raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
+    raise UserError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
 
 
 @dataclass
@@ -379,13 +448,16 @@ class SFTDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if truncation not in ("truncate", "drop"):
-            raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
+            raise UserError(f"SFTDataModule: truncation must be 'truncate' or 'drop', got {truncation!r}")
         if prompt_format not in ("auto", "chat", "plain"):
-            raise ValueError(f"prompt_format must be 'auto', 'chat' or 'plain', got {prompt_format!r}")
+            raise UserError(f"SFTDataModule: prompt_format must be 'auto', 'chat' or 'plain', got {prompt_format!r}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
+            raise UserError(f"SFTDataModule: val_fraction must be in [0, 1), got {val_fraction}")
+        _check_int("max_length", max_length, 2)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        if max_records is not None:
+            _check_int("max_records", max_records, 1, "or null for all rows")
         self.save_hyperparameters(ignore=[] if isinstance(tokenizer, str) else ["tokenizer"])
         self.tokenizer_name = tokenizer if isinstance(tokenizer, str) else None
         self.tokenizer = None if isinstance(tokenizer, str) else tokenizer
@@ -434,7 +506,13 @@ class SFTDataModule(LightningDataModule):
                 val_source, self.split, self.max_records, default_embedded_split="heldout"
             )
             val = self._tokenize(val_raw, _source_label(val_source))
-        elif self.val_fraction > 0 and len(train) >= 2:
+        elif self.val_fraction > 0:
+            if len(train) < 2:
+                raise UserError(
+                    f"{_source_label(self.dataset)}: {len(train)} row cannot be split into training and "
+                    f"validation (val_fraction={self.val_fraction}); add rows, pass data.val_dataset, or set "
+                    "data.val_fraction to 0 to train without validation"
+                )
             # Split by original row index (before dropping), so the split does not move with max_length.
             order = np.random.default_rng(self.seed).permutation(len(train))
             n_val = min(len(train) - 1, max(1, math.ceil(len(train) * self.val_fraction)))
@@ -443,11 +521,19 @@ class SFTDataModule(LightningDataModule):
             val = None
         self.train_data = self._drop_unusable(train, "train")
         if not len(self.train_data):
-            raise ValueError(
+            raise UserError(
                 f"{_source_label(self.dataset)}: no usable training rows (all {len(train)} rows were longer than "
                 f"max_length={self.max_length} or had no response tokens); raise max_length or use truncation='truncate'"
             )
         self.val_data = self._drop_unusable(val, "val") if val is not None else None
+        if self.val_data is not None and not len(self.val_data):
+            # Lightning would only say "Total length of `list` across ranks is zero" and skip validation
+            # (and every GenerationEval at validation end) for the whole run.
+            raise UserError(
+                f"{_source_label(self.val_dataset or self.dataset)}: all {len(val)} validation rows were dropped "
+                f"(longer than max_length={self.max_length} or no response token within it); raise max_length, "
+                "use truncation='truncate', pass another data.val_dataset, or set data.val_fraction to 0"
+            )
         self._pad_id = resolve_pad_id(tokenizer)
 
     def _embedded_default_val(self) -> bool:
@@ -456,7 +542,7 @@ class SFTDataModule(LightningDataModule):
     def _tokenize(self, raw, source: str):
         """Validate and tokenise every row (``datasets.map``); marks rows to drop instead of dropping."""
         if not len(raw):
-            raise ValueError(f"{source}: the dataset has no rows")
+            raise UserError(f"{source}: the dataset has no rows")
         columns = set(raw.column_names)
         chat = self.messages_field in columns
         if not chat:
@@ -559,6 +645,14 @@ class SFTDataModule(LightningDataModule):
     def _require_setup(self) -> None:
         if self.train_data is None:
             raise RuntimeError("call SFTDataModule.setup() before asking for dataloaders")
+
+
+def _check_int(name: str, value: Any, minimum: int, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(
+            f"SFTDataModule: {name} must be an integer >= {minimum}{' ' + alternative if alternative else ''}, "
+            f"got {value!r}"
+        )
 
 
 @contextlib.contextmanager

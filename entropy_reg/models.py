@@ -220,11 +220,13 @@ def _checkpoint_hparams(ckpt: dict, path: str) -> dict:
     return hparams
 
 
-def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None):
+def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, merge_lora: bool = True):
     """Rebuild the HF model of a ``CausalLMModule`` checkpoint and load its weights (strict).
 
     Contract with ``CausalLMModule``: ``hyper_parameters`` hold ``model_name_or_path``, ``gguf_file``
-    and ``tiny_config``; the HF model's weights sit in ``state_dict`` under the prefix ``model.``.
+    and ``tiny_config``; the HF model's weights sit in ``state_dict`` under the prefix ``model.``. With a
+    ``lora`` hyper-parameter (:mod:`entropy_reg.lora`) the ``state_dict`` holds the adapter weights: the
+    base model is rebuilt, the adapters loaded and merged into it (``merge_lora=False``: the ``PeftModel``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -246,6 +248,10 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
         dtype=dtype,
         tiny_config=hparams.get("tiny_config"),
     )
+    if hparams.get("lora") is not None:  # base model + adapters; merged unless merge_lora=False
+        from entropy_reg.lora import restore_lora_model
+
+        return restore_lora_model(model, hparams["lora"], weights, path, merge=merge_lora)
     # A tied LM head may be saved under both names or only one; load_state_dict(strict=True) wants
     # exactly the module's keys, so add the missing alias of a tied weight rather than loosening strict.
     expected = model.state_dict()

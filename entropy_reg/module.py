@@ -109,6 +109,11 @@ class CausalLMModule(LightningModule):
             Lightning refuses None, an exact 0 loss whose gradients are dropped before the update)
             with a warning, counted in ``train/nonfinite_skipped``. Under DDP the ranks agree first (one all-reduce
             of a flag per step), so all raise or all skip.
+        lora: LoRA settings (:mod:`entropy_reg.lora`: ``r``, ``alpha``, ``dropout``,
+            ``target_modules`` (default ``"all-linear"``), any other ``peft.LoraConfig`` field); None
+            (default) fine-tunes all weights. With LoRA only the adapters train, the hidden-state loss
+            path still applies, and checkpoints hold only the adapter weights (the base model is
+            rebuilt from ``model_name_or_path``); ``entropy-reg compare``/``export`` load them.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class CausalLMModule(LightningModule):
         use_hidden_path: bool = True,
         token_normalization: Literal["global", "local"] = "global",
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
@@ -159,6 +165,13 @@ class CausalLMModule(LightningModule):
         if gradient_checkpointing:
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora is not None:
+            from entropy_reg.lora import apply_lora
+
+            self.model = apply_lora(self.model, lora, "CausalLMModule: lora")
+            # Checkpoints hold only the adapters (on_save_checkpoint): Lightning's load is then
+            # non-strict, and on_load_checkpoint checks the keys itself.
+            self.strict_loading = False
         self._train_stats = StatsWindow("train/", prog_bar=("loss", "entropy"))
         self._val_stats = StatsWindow("val/", prog_bar=())
         self._warned_fallback = False
@@ -296,12 +309,20 @@ class CausalLMModule(LightningModule):
             "train_stats": self._train_stats.state_dict(),
             "nonfinite_skipped": self._nonfinite_skipped,
         }
+        if self.hparams.get("lora") is not None:  # the frozen base is rebuilt from model_name_or_path
+            from entropy_reg.lora import trainable_state_dict
+
+            checkpoint["state_dict"] = trainable_state_dict(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("entropy_reg") or {}
         if "train_stats" in state:
             self._train_stats.load_state_dict(state["train_stats"])
         self._nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        if self.hparams.get("lora") is not None:
+            from entropy_reg.lora import check_adapter_keys
+
+            check_adapter_keys(self, checkpoint.get("state_dict") or {}, "CausalLMModule")
 
     # -- optimization -----------------------------------------------------------------------------
     def configure_optimizers(self):

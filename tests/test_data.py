@@ -11,10 +11,12 @@ from entropy_reg.data import (
     SFTCollator,
     SFTDataModule,
     format_prompt,
+    is_local_source,
     resolve_pad_id,
     tokenize_chat,
     tokenize_prompt_response,
 )
+from entropy_reg.errors import MissingFileError, UserError
 from entropy_reg.tiny import build_tiny_tokenizer
 
 ROWS = [{"prompt": f"Question {i}?", "response": f"Answer number {i} is here."} for i in range(10)]
@@ -203,3 +205,85 @@ def test_argument_validation():
         SFTDataModule(truncation="cut")
     with pytest.raises(ValueError, match="val_fraction"):
         SFTDataModule(val_fraction=1.5)
+
+
+# ------------------------------------------------------------------ file-level errors name file and line
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ("", ["is empty"]),
+        ("\n   \n\n", ["only blank lines"]),
+        ('{"prompt": "a", "response": "b"}\n\n{"prompt": "a" "response": "b"}\n', ["line 3", "invalid JSON"]),
+        ('{"prompt": "a", "response": "b"}\n[1, 2]\n', ["line 2", "JSON object", "list"]),
+    ],
+    ids=["empty", "blank-only", "malformed-line", "not-an-object"],
+)
+def test_unreadable_jsonl_names_file_and_line(tmp_path, tok, content, needles):
+    path = tmp_path / "d.jsonl"
+    path.write_text(content)
+    with pytest.raises(UserError) as info:
+        make_dm(tok, str(path))
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, message
+    assert "\n" not in message  # one line
+
+
+def test_directory_is_not_a_dataset_file(tmp_path, tok):
+    with pytest.raises(UserError, match=f"{tmp_path}.*is a directory"):
+        make_dm(tok, str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["data/good.jsnl", "good.jsnl", "./data/good", "a/b/c"])
+def test_path_looking_name_is_a_missing_file_not_a_hub_id(tmp_path, tok, monkeypatch, name):
+    import datasets
+
+    def no_hub(*args, **kwargs):  # the hub must not even be asked
+        raise AssertionError(f"{name!r} was sent to the hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "good.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    with pytest.raises(MissingFileError, match="dataset file not found") as info:
+        make_dm(tok, name)
+    if name == "data/good.jsnl":
+        assert "did you mean" in str(info.value) and "good.jsonl" in str(info.value)
+
+
+def test_hub_ids_are_not_taken_for_paths():
+    assert not is_local_source("tatsu-lab/alpaca")
+    assert not is_local_source("teknium/OpenHermes-2.5")  # a version number is not a file extension
+    assert not is_local_source("imdb")
+    assert is_local_source("data/good.jsnl") and is_local_source("rows.csv")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+     ({"num_workers": -1}, "num_workers must be an integer >= 0"),
+     ({"max_records": 0}, "max_records must be an integer >= 1"),
+     ({"max_length": 1}, "max_length must be an integer >= 2")],
+)
+def test_loader_settings_are_validated(kwargs, needle):
+    with pytest.raises(UserError, match=needle):
+        SFTDataModule(**kwargs)
+
+
+def test_one_row_dataset_cannot_hold_out_validation(tmp_path, tok):
+    path = write(tmp_path / "one.jsonl", ROWS[:1])
+    with pytest.raises(UserError, match=r"one\.jsonl: 1 row cannot be split.*val_fraction to 0"):
+        make_dm(tok, path, val_fraction=0.05)
+    assert len(make_dm(tok, path, val_fraction=0.0).train_data) == 1  # no validation asked: fine
+
+
+def test_all_validation_rows_dropped(tmp_path, tok):
+    train = write(tmp_path / "train.jsonl", ROWS)
+    val = write(tmp_path / "val.jsonl", [{"prompt": "p " * 40, "response": "r " * 40}] * 2)
+    with pytest.raises(UserError, match=r"val\.jsonl: all 2 validation rows were dropped.*max_length=40"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_dm(tok, train, val_dataset=val, max_length=40, truncation="drop")
