@@ -15,6 +15,7 @@ from torch import Tensor
 
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
+from entropy_reg.objectives import Objective, ObjectiveRunner
 from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
 
 # Config attributes of HF models whose logits are not `lm_head(hidden)`: for those, the hidden-state
@@ -109,6 +110,11 @@ class CausalLMModule(LightningModule):
             Lightning refuses None, an exact 0 loss whose gradients are dropped before the update)
             with a warning, counted in ``train/nonfinite_skipped``. Under DDP the ranks agree first (one all-reduce
             of a flag per step), so all raise or all skip.
+        objectives: sequence-level objectives (:mod:`entropy_reg.objectives`: ``RepetitionConsistency``,
+            ``SequenceUnlikelihood``), each with its own batch and forward through ``self.model``; on
+            the steps they run (``rate``) ``loss_fn.scale * weight * loss`` is added to the step's loss
+            (so ``CoefficientSchedule`` ramps them with the regularizers). Logged as ``train/<name>``
+            and ``train/<name>/<stat>``; kept in the hyper-parameters as ``class_path`` dicts.
         lora: LoRA settings (:mod:`entropy_reg.lora`: ``r``, ``alpha``, ``dropout``,
             ``target_modules`` (default ``"all-linear"``), any other ``peft.LoraConfig`` field); None
             (default) fine-tunes all weights. With LoRA only the adapters train, the hidden-state loss
@@ -131,6 +137,7 @@ class CausalLMModule(LightningModule):
         use_hidden_path: bool = True,
         token_normalization: Literal["global", "local"] = "global",
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        objectives: list[Objective] | None = None,
         lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -152,6 +159,8 @@ class CausalLMModule(LightningModule):
         # The hyper-parameters hold the loss as a config dict (rebuildable, YAML-friendly), not the
         # object: save_hyperparameters reads this frame's locals, so rebind the name first.
         loss = describe(self.loss_fn)  # noqa: F841
+        self._objectives = ObjectiveRunner(objectives, "CausalLMModule")
+        objectives = describe(self._objectives.objectives)  # noqa: F841
         self.save_hyperparameters()
 
         from entropy_reg.models import load_model_and_tokenizer
@@ -162,6 +171,7 @@ class CausalLMModule(LightningModule):
         # from_pretrained returns a model in eval mode and Lightning (>= 2.2) keeps submodule modes as
         # they are at fit start: without this, dropout would stay off during fine-tuning.
         self.model.train()
+        self._objectives.setup(self.tokenizer)
         if gradient_checkpointing:
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -241,15 +251,38 @@ class CausalLMModule(LightningModule):
         out = None
         try:
             out = self._loss(batch, num_tokens=self._num_tokens(batch["labels"]))
-            if not torch.isfinite(out.loss.detach()).item():
-                raise FloatingPointError(f"EntropyRegularizedLoss returned a non-finite loss ({out.loss.item()})")
+            loss = out.loss
+            if not torch.isfinite(loss.detach()).item():
+                raise FloatingPointError(f"EntropyRegularizedLoss returned a non-finite loss ({loss.item()})")
+            objectives = self._objectives_loss(batch)
+            if objectives is not None:
+                loss = loss + objectives
+                if not torch.isfinite(loss.detach()).item():
+                    raise FloatingPointError(f"the objectives returned a non-finite loss ({objectives.item()})")
         except FloatingPointError as exc:
             error = exc
         if nonfinite_on_any_rank(error is not None, self._trainer, self.device):
             return self._handle_nonfinite(error, batch_idx)
         self._train_stats.update(out.sums, out.count)
         self._log_train_window()
-        return out.loss
+        return loss
+
+    def _objectives_loss(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """``sum scale * weight * loss`` of the objectives running at this step (None: none runs).
+
+        They share the regularizers' coefficient ``loss_fn.scale`` (set by ``CoefficientSchedule``).
+        """
+        if not self._objectives:
+            return None
+        trainer = self._trainer
+        world_size = trainer.world_size if trainer is not None else 1
+        if trainer is not None:
+            self._objectives.check_strategy(type(trainer.strategy).__name__)
+        reduce_sum = (lambda t: trainer.strategy.reduce(t.to(self.device), reduce_op="sum")) if world_size > 1 else None
+        return self._objectives(
+            self.model, batch, step=trainer.global_step if trainer is not None else 0, scale=self.loss_fn.scale,
+            reduce_sum=reduce_sum, world_size=world_size, hidden_path=self._hidden_path_blocker() is None,
+        )
 
     def _log_train_window(self) -> None:
         # Called exactly once per training_step on every rank (skipped steps included): the window's
@@ -257,6 +290,8 @@ class CausalLMModule(LightningModule):
         if self._train_stats.step_is_log_step(self.trainer):
             metrics = self._train_stats.reduce(self.trainer.strategy)
             metrics["train/reg_scale"] = torch.tensor(float(self.loss_fn.scale))
+            if self._objectives:
+                metrics.update(self._objectives.stats.reduce(self.trainer.strategy))
             if self._nonfinite_skipped:
                 metrics["train/nonfinite_skipped"] = torch.tensor(float(self._nonfinite_skipped))
             self._train_stats.log(self.trainer, self, metrics)
@@ -308,6 +343,7 @@ class CausalLMModule(LightningModule):
         checkpoint["entropy_reg"] = {
             "train_stats": self._train_stats.state_dict(),
             "nonfinite_skipped": self._nonfinite_skipped,
+            "objectives": self._objectives.state_dict(),
         }
         if self.hparams.get("lora") is not None:  # the frozen base is rebuilt from model_name_or_path
             from entropy_reg.lora import trainable_state_dict
@@ -319,6 +355,7 @@ class CausalLMModule(LightningModule):
         if "train_stats" in state:
             self._train_stats.load_state_dict(state["train_stats"])
         self._nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        self._objectives.load_state_dict(state.get("objectives") or {})
         if self.hparams.get("lora") is not None:
             from entropy_reg.lora import check_adapter_keys
 

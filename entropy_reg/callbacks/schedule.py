@@ -25,6 +25,10 @@ class CoefficientSchedule:
     ``kind="constant"`` has no ramp: ``start`` during ``hold_steps``, then ``end`` (``warmup_steps``
     must be 0). ``CoefficientSchedule()`` is the constant 1.0, i.e. the weights as configured.
 
+    Sequence-level objectives (:mod:`entropy_reg.objectives`) share the coefficient: each adds
+    ``c(step) * weight * loss``, and at ``c(step) == 0`` they do not run at all (no extra forward), so
+    ``hold_steps`` also delays DITTO / sequence-level unlikelihood until plain SFT has settled.
+
     Args:
         warmup_steps: length of the ramp in optimizer steps.
         start: value before and at the beginning of the ramp (>= 0).

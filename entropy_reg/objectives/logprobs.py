@@ -1,0 +1,79 @@
+"""Per-token log-probabilities of a batch through a causal LM, without [tokens, vocab] logits when possible."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+# Target size of one [rows, V] logits chunk (same budget as the loss kernel's).
+_CHUNK_BYTES = 64 * 2**20
+
+
+def hidden_path_available(model: nn.Module) -> bool:
+    """Whether ``model``'s logits are exactly ``lm_head(decoder(...).last_hidden_state)``.
+
+    Duck-typed (``get_output_embeddings`` / ``get_decoder``), so a peft-wrapped model qualifies when
+    its head is a plain ``nn.Linear`` (LoRA on the head makes it something else: logits path).
+    """
+    from entropy_reg.module import _LOGIT_TRANSFORM_ATTRS  # lazy: module.py imports this package
+
+    get_head = getattr(model, "get_output_embeddings", None)
+    get_decoder = getattr(model, "get_decoder", None)
+    if get_head is None or get_decoder is None:
+        return False
+    try:
+        head, decoder = get_head(), get_decoder()
+    except (NotImplementedError, AttributeError):
+        return False
+    if type(head) is not nn.Linear or decoder is None:
+        return False
+    config = getattr(model, "config", None)
+    for attr in _LOGIT_TRANSFORM_ATTRS:
+        value = getattr(config, attr, None)
+        if value is not None and value != 1 and value != 1.0:
+            return False
+    return True
+
+
+def _chunk_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    logits = F.linear(hidden, weight, bias).to(dtype)
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, hidden_path: bool = True
+) -> Tensor:
+    """``log p(x_t | x_<t)`` for t = 1..T-1, with grad.
+
+    Args:
+        model: a Hugging Face causal LM (train or eval mode as the caller left it).
+        input_ids: ``[B, T]``.
+        attention_mask: ``[B, T]`` or None.
+        hidden_path: use the decoder's hidden states and the LM head per chunk of rows (each chunk's
+            logits recomputed in backward instead of stored), when the model allows it.
+
+    Returns:
+        ``[B, T-1]`` float32 (float64 for a float64 model) log-probabilities.
+    """
+    targets = input_ids[:, 1:]
+    if hidden_path and hidden_path_available(model):
+        out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = out.last_hidden_state[:, :-1]
+        head = model.get_output_embeddings()
+        B, T1, H = hidden.shape
+        flat_hidden, flat_targets = hidden.reshape(B * T1, H), targets.reshape(B * T1)
+        rows = max(1, _CHUNK_BYTES // (4 * head.weight.shape[0]))
+        pieces = []
+        for start in range(0, B * T1, rows):
+            args = (flat_hidden[start : start + rows], head.weight, head.bias, flat_targets[start : start + rows])
+            # Recompute the chunk's logits in backward: memory stays one chunk, not [tokens, vocab].
+            pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                          else _chunk_logprobs(*args))
+        return torch.cat(pieces).reshape(B, T1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.gather(2, targets[..., None]).squeeze(2) - torch.logsumexp(logits, dim=-1)
