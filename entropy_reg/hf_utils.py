@@ -23,8 +23,18 @@ def _is_causal_lm(module: nn.Module) -> bool:
         return False
 
 
+def _peft_base(module: nn.Module) -> nn.Module | None:
+    """The HF model inside a ``peft`` ``PeftModel`` (None for anything else; peft is not imported)."""
+    get_base = getattr(type(module), "get_base_model", None)
+    return get_base(module) if callable(get_base) else None
+
+
 def find_causal_lm(root: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
     """Return ``(dotted_name, model)`` of the HF causal LM inside ``root``.
+
+    The outermost candidate wins: for a ``peft`` ``PeftModel`` (LoRA) that is the ``PeftModel``
+    itself, the module the user's ``training_step`` calls; it forwards ``get_output_embeddings()``,
+    ``get_decoder()`` and ``generate()`` to the wrapped model, whose layers carry the adapters.
 
     Args:
         root: usually the LightningModule.
@@ -59,6 +69,11 @@ def find_causal_lm(root: nn.Module, attr: str | None = None) -> tuple[str, nn.Mo
             if any(name.startswith(prev + ".") for prev, _ in found):
                 continue
             found.append((name, module))
+    # A model also registered under its own name next to the PeftModel wrapping it (``self.backbone =
+    # lm; self.model = get_peft_model(lm, ...)``): named_modules yields it once, under the first name,
+    # so the prefix test above misses it. The wrapper is the one that runs with the adapters.
+    wrapped = {id(_peft_base(m)) for _, m in found if _peft_base(m) is not None}
+    found = [(n, m) for n, m in found if id(m) not in wrapped]
     if not found:
         raise ValueError(
             f"No Hugging Face causal LM found inside {type(root).__name__}: the module needs an attribute "

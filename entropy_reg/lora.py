@@ -21,6 +21,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from entropy_reg.errors import UserError
+
 # Short names accepted in YAML next to peft's own field names.
 ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -47,14 +49,14 @@ def lora_config(settings: Mapping[str, Any] | None, owner: str = "lora") -> Any:
         owner: prefix of error messages (e.g. ``"CausalLMModule: lora"``).
 
     Raises:
-        ValueError: a key that is not a LoRA setting, a key given twice (alias and full name), or
+        UserError: a key that is not a LoRA setting, a key given twice (alias and full name), or
             ``r`` / ``alpha`` / ``dropout`` out of range.
     """
     peft = _peft()
     if settings is None:
         settings = {}
     if not isinstance(settings, Mapping):
-        raise ValueError(f"{owner} must be a dict of LoRA settings (r, alpha, dropout, target_modules, ...), "
+        raise UserError(f"{owner} must be a dict of LoRA settings (r, alpha, dropout, target_modules, ...), "
                          f"got {type(settings).__name__}")
     allowed = {f.name for f in dataclasses.fields(peft.LoraConfig)} - set(_RESERVED)
     kwargs = dict(DEFAULTS)
@@ -62,40 +64,40 @@ def lora_config(settings: Mapping[str, Any] | None, owner: str = "lora") -> Any:
     for key, value in settings.items():
         name = ALIASES.get(key, key)
         if name not in allowed:
-            raise ValueError(f"{owner}: unknown LoRA setting {key!r}; use r, alpha, dropout, target_modules or a "
+            raise UserError(f"{owner}: unknown LoRA setting {key!r}; use r, alpha, dropout, target_modules or a "
                              f"peft.LoraConfig field ({', '.join(sorted(allowed))})")
         if name in given:
-            raise ValueError(f"{owner}: {given[name]!r} and {key!r} set the same LoRA setting {name!r}")
+            raise UserError(f"{owner}: {given[name]!r} and {key!r} set the same LoRA setting {name!r}")
         given[name] = key
         kwargs[name] = list(value) if isinstance(value, tuple) else value
     r, alpha, dropout = kwargs["r"], kwargs["lora_alpha"], kwargs["lora_dropout"]
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"{owner}: r must be an integer >= 1, got {r!r}")
+        raise UserError(f"{owner}: r must be an integer >= 1, got {r!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
-        raise ValueError(f"{owner}: alpha must be a number > 0, got {alpha!r}")
+        raise UserError(f"{owner}: alpha must be a number > 0, got {alpha!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
-        raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
+        raise UserError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
     try:
         return peft.LoraConfig(task_type="CAUSAL_LM", **kwargs)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{owner}: peft rejected the LoRA config {kwargs}: {err}") from None
+        raise UserError(f"{owner}: peft rejected the LoRA config {kwargs}: {err}") from None
 
 
 def apply_lora(model: nn.Module, settings: Mapping[str, Any] | None, owner: str = "lora") -> nn.Module:
     """Wrap a Hugging Face causal LM in a ``PeftModel`` with fresh LoRA adapters; only they train.
 
     Raises:
-        ValueError: bad settings (see :func:`lora_config`), or ``target_modules`` matched no layer.
+        UserError: bad settings (see :func:`lora_config`), or ``target_modules`` matched no layer.
     """
     peft = _peft()
     config = lora_config(settings, owner)
     try:
         wrapped = peft.get_peft_model(model, config)
     except ValueError as err:  # e.g. "Target modules {...} not found in the base model"
-        raise ValueError(f"{owner}: {err}") from None
+        raise UserError(f"{owner}: {err}") from None
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     if not trainable:
-        raise ValueError(f"{owner}: no trainable parameter after adding adapters (target_modules="
+        raise UserError(f"{owner}: no trainable parameter after adding adapters (target_modules="
                          f"{config.target_modules!r})")
     return wrapped
 
@@ -115,7 +117,7 @@ def trainable_state_dict(module: nn.Module) -> dict[str, Any]:
 
 
 def check_adapter_keys(module: nn.Module, state_dict: Mapping[str, Any], where: str) -> None:
-    """Raise ValueError unless ``state_dict`` holds every trainable weight of ``module`` and nothing unknown.
+    """Raise UserError unless ``state_dict`` holds every trainable weight of ``module`` and nothing unknown.
 
     The check a non-strict load (adapters only; the frozen base comes from ``model_name_or_path``)
     needs so that a wrong or truncated checkpoint still fails loudly.
@@ -127,7 +129,7 @@ def check_adapter_keys(module: nn.Module, state_dict: Mapping[str, Any], where: 
     if missing or unexpected:
         parts = [f"{len(missing)} adapter weights missing (e.g. {missing[:3]})"] if missing else []
         parts += [f"{len(unexpected)} unknown keys (e.g. {unexpected[:3]})"] if unexpected else []
-        raise ValueError(f"{where}: the checkpoint does not match the LoRA model built from its hyper-parameters: "
+        raise UserError(f"{where}: the checkpoint does not match the LoRA model built from its hyper-parameters: "
                          f"{'; '.join(parts)}")
 
 
