@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -36,10 +37,11 @@ def random_batches(n: int = 8, seed: int = 0) -> DataLoader:
 class UserModule(LightningModule):
     """What a user writes: nothing here knows about the regularizer."""
 
-    def __init__(self, seed: int = 0, pass_labels: bool = True) -> None:
+    def __init__(self, seed: int = 0, pass_labels: bool = True, lr: float = 1e-3, sgd: bool = False) -> None:
         super().__init__()
         self.model = tiny_llama(seed)
         self.pass_labels = pass_labels
+        self.lr, self.sgd = lr, sgd
         self.user_losses: list[float] = []
         self.returned: list[float] = []
 
@@ -51,13 +53,17 @@ class UserModule(LightningModule):
             logits = out.logits[:, :-1].reshape(-1, V)
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:].reshape(-1))
         self.user_losses.append(loss.item())
+        self.log("user_loss", loss, on_step=True, batch_size=B)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.returned.append(float(outputs["loss"]))
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+        # SGD: parameters after a few steps are a linear image of the gradients (AdamW normalises
+        # their scale away), so comparing them compares the losses' gradients.
+        optimizer = torch.optim.SGD if self.sgd else torch.optim.AdamW
+        return optimizer(self.parameters(), lr=self.lr)
 
 
 def make_trainer(tmp_path, callbacks, max_steps: int = 3, **kwargs) -> Trainer:
@@ -73,7 +79,7 @@ def combined_loss(weight: float = 1.0) -> EntropyRegularizedLoss:
         regularizers=[
             TailMassFloor(top_k=1, floor=0.9, weight=weight),
             AntiCopyPenalty(weight=weight),
-            EntropyFloor(min_entropy=10.0, weight=weight),
+            EntropyFloor(min_entropy=3.0, weight=weight),
         ]
     )
 
@@ -86,19 +92,31 @@ def fit(tmp_path, loss, module=None, max_steps=3, **cb_kwargs):
     return trainer, module, cb
 
 
+def logged(tmp_path, key: str) -> list[float]:
+    """Per-step values of a logged key (the CSV logger of make_trainer, log_every_n_steps=1)."""
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
 def test_adds_regularizer_and_logs(tmp_path):
+    batch = next(iter(random_batches()))
+    with torch.no_grad():  # what the model's own loss and the regularizers are at the initial weights
+        plain = tiny_llama(0)(**batch)
+        regs = combined_loss()(logits=plain.logits, labels=batch["labels"], input_ids=batch["input_ids"],
+                               attention_mask=batch["attention_mask"], include_ce=False).loss
     trainer, module, cb = fit(tmp_path, combined_loss())
+    assert cb.path == "one-pass"
     assert len(module.returned) == 3
-    # the returned (backpropagated) loss is the user's CE plus a positive regularizer
-    for user, returned in zip(module.user_losses, module.returned, strict=True):
-        assert returned > user + 1e-4
+    # one pass: the model's out.loss already is CE + regularizers, and the step returns it unchanged
+    assert module.returned == module.user_losses
+    assert regs > 1e-3
+    assert module.user_losses[0] == pytest.approx((plain.loss + regs).item(), rel=1e-6)
     metrics = trainer.callback_metrics
     for key in ["train/loss", "train/ce", "train/reg_loss", "train/entropy", "train/tail_mass",
                 "train/copy_mass", "train/tail_mass_floor", "train/anti_copy", "train/entropy_floor",
                 "train/reg_scale"]:
         assert key in metrics, key
-    # CE seen by the regularizer is the one the user computed (same labels, same logits)
-    assert float(metrics["train/ce"]) == pytest.approx(module.user_losses[-1], rel=1e-4)
+    assert float(metrics["train/loss"]) == pytest.approx(module.user_losses[-1], rel=1e-6)
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "train/entropy" in logged.splitlines()[0]
     # hooks and wrapper are gone after fit
@@ -121,15 +139,17 @@ def test_zero_schedule_leaves_loss_unchanged(tmp_path):
 
 def test_labels_fallback_without_labels_in_call(tmp_path):
     with pytest.warns(UserWarning, match="without `labels`"):
-        _, module, _ = fit(tmp_path, combined_loss(), module=UserModule(pass_labels=False), max_steps=1)
-    assert module.returned[0] > module.user_losses[0]
+        _, module, cb = fit(tmp_path, combined_loss(), module=UserModule(pass_labels=False), max_steps=1)
+    assert cb.path == "additive"  # the user computes CE from the logits: the regularizers are added
+    assert module.returned[0] > module.user_losses[0] + 1e-3
 
 
 def test_schedule_sets_scale_per_step(tmp_path):
     sched = CoefficientSchedule(warmup_steps=2, start=0.0, end=1.0)
     _, module, cb = fit(tmp_path, combined_loss(), schedule=sched, max_steps=3)
-    assert module.returned[0] == module.user_losses[0]  # scale 0 at step 0
-    assert module.returned[2] > module.user_losses[2]
+    reg_loss = logged(tmp_path, "train/reg_loss")
+    assert reg_loss[0] == 0.0  # scale 0 at step 0
+    assert reg_loss[2] > 1e-3
     assert cb.last_scale == 1.0 and cb.last_step == 2
     state = cb.state_dict()
     other = EntropyRegularizer(combined_loss())
@@ -156,8 +176,9 @@ def test_two_causal_lms_need_model_attr(tmp_path):
     with pytest.raises(ValueError, match="model_attr"):
         fit(tmp_path, combined_loss(), module=Two())
     module = Two()
-    _, module, _ = fit(tmp_path, combined_loss(), module=module, model_attr="model", max_steps=1)
-    assert module.returned[0] > module.user_losses[0]
+    _, module, cb = fit(tmp_path / "named", combined_loss(), module=module, model_attr="model", max_steps=1)
+    assert cb.path == "one-pass"
+    assert logged(tmp_path / "named", "train/reg_loss")[0] > 1e-3
 
 
 def test_base_model_call_rejected(tmp_path):
@@ -196,7 +217,8 @@ def test_dict_return_keeps_other_keys(tmp_path):
             self.returned.append(float(outputs["loss"]))
 
     _, module, _ = fit(tmp_path, combined_loss(), module=DictStep(), max_steps=1)
-    assert module.returned[0] > module.user_losses[0]
+    assert module.returned == module.user_losses
+    assert logged(tmp_path, "train/reg_loss")[0] > 1e-3
 
 
 def test_bad_arguments_rejected():
@@ -208,6 +230,10 @@ def test_bad_arguments_rejected():
         EntropyRegularizer(combined_loss(), log_every_n_steps=-1)
     with pytest.raises(TypeError):
         EntropyRegularizer(combined_loss(), schedule=0.5)
+    with pytest.raises(TypeError, match="one_pass"):
+        EntropyRegularizer(combined_loss(), one_pass="yes")
+    with pytest.raises(ValueError, match="hidden_path=True needs one_pass=True"):
+        EntropyRegularizer(combined_loss(), one_pass=False, hidden_path=True)
 
 
 class _RecordRankMetrics(Callback):
@@ -217,7 +243,7 @@ class _RecordRankMetrics(Callback):
         self.out_dir = out_dir
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        assert outputs["loss"].item() > pl_module.user_losses[-1]
+        assert outputs["loss"].item() == pl_module.user_losses[-1]  # one pass: out.loss is CE + regs
 
     def on_train_end(self, trainer, pl_module):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

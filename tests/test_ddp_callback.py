@@ -2,12 +2,12 @@
 
 - the logged train/* statistics equal one process on the global batch, although the ranks hold 4 and
   20 labelled tokens (sums and counts are reduced, not means);
+- the one-pass loss (CE + regularizers in out.loss) with the user passing ``num_items_in_batch`` =
+  global token count / world size gives the parameters of one process on the global batch (SGD);
 - GenerationEval generating on rank 0 every step while rank 1 waits at the barrier finishes (a 90 s
   process-group timeout turns a hang into an error);
 - a NaN in rank 1's logits at step 1 with on_nonfinite="skip" skips the step on both ranks.
 
-(The user's own CE is the user's: HF's per-rank token mean, so only the statistics are compared here;
-the loss/gradient equivalence under unequal token counts is CausalLMModule's, in test_ddp.py.)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from test_callback import UserModule, combined_loss
 from test_ddp import global_batch, loader
 from test_generation_eval import char_tokenizer
+from torch.utils.data import DataLoader
 
 from entropy_reg.callbacks import EntropyRegularizer, GenerationEval
 
@@ -32,7 +33,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 class PoisonedUserModule(UserModule):
-    """A user module; rank 1's logits become NaN at global step 1 (a forward hook, as a fault would)."""
+    """A user module normalising by the global token count, as transformers' Trainer does with
+    ``average_tokens_across_devices``; rank 1's logits become NaN at global step 1 (a forward hook, as a
+    fault would)."""
+
+    def __init__(self) -> None:
+        super().__init__(sgd=True, lr=0.5)
+
+    def training_step(self, batch, batch_idx):
+        count = (batch["labels"][:, 1:] != -100).sum().to(torch.float32)
+        total = self.trainer.strategy.reduce(count, reduce_op="sum")
+        loss = self.model(**batch, num_items_in_batch=total / self.trainer.world_size).loss
+        self.user_losses.append(loss.item())
+        return loss
 
     def setup(self, stage: str) -> None:
         torch.set_num_threads(1)
@@ -66,6 +79,11 @@ def test_regularizer_and_generation_eval_under_ddp(tmp_path):
         ref = combined_loss()(logits=logits, labels=batch["labels"], input_ids=batch["input_ids"],
                               attention_mask=batch["attention_mask"], include_ce=False).metrics
 
+    single = PoisonedUserModule()  # one process, one step on the global batch
+    Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[EntropyRegularizer(combined_loss())]).fit(single, DataLoader([global_batch(0)], batch_size=None))
+
     generation = GenerationEval(prompts=["ab", "hello"], every_n_steps=1, on_validation_end=False,
                                 decodings=["greedy"], max_new_tokens=4, batch_size=2, progress=False)
     trainer = Trainer(
@@ -84,6 +102,13 @@ def test_regularizer_and_generation_eval_under_ddp(tmp_path):
             assert rank[f"train/{key}"] == pytest.approx(ref[key].item(), rel=1e-5, abs=1e-6), key
             worst = max(worst, abs(rank[f"train/{key}"] - ref[key].item()))
     print(f"EntropyRegularizer DDP vs single process: max |train/* diff| = {worst:.3e}")
+
+    # step 0: the one-pass loss under DDP moved the weights exactly as one process on the global batch
+    single_params = torch.cat([p.detach().flatten() for p in single.parameters()])
+    ddp_params = torch.load(tmp_path / "step1_params_rank0.pt")
+    initial = torch.cat([p.detach().flatten() for p in PoisonedUserModule().parameters()])
+    assert (ddp_params - initial).abs().max() > 1e-2
+    torch.testing.assert_close(ddp_params, single_params, rtol=0, atol=2e-6)
 
     # step 1 skipped on both ranks (NaN on rank 1 only): weights unchanged and finite
     p1, q0, q1 = (torch.load(tmp_path / name) for name in

@@ -12,16 +12,31 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from entropy_reg.callbacks.schedule import CoefficientSchedule
+from entropy_reg.hf_call import (
+    HF_IGNORE_INDEX,
+    CallArgs,
+    HeadBypass,
+    hidden_path_blocker,
+    loss_uses,
+    num_items,
+    output_logits,
+    plain_ce_blocker,
+    with_loss,
+)
 from entropy_reg.hf_utils import find_causal_lm
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
+from entropy_reg.losses.loss import LossOutput
 from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
 
 _PROG_BAR_KEYS = ("loss", "ce", "reg_loss", "entropy", "tail_mass", "copy_mass", "reg_scale")
 
+# The three ways the regularizers reach the loss (see the class docstring); `EntropyRegularizer.path`.
+ONE_PASS, HIDDEN, ADDITIVE = "one-pass", "hidden", "additive"
+
 
 class _Capture:
-    """Inputs and logits of the causal LM's grad-enabled forward calls during one training_step."""
+    """The causal LM's grad-enabled forward calls during one training_step (one dict per call)."""
 
     def __init__(self) -> None:
         self.active = False
@@ -29,20 +44,41 @@ class _Capture:
 
 
 class EntropyRegularizer(Callback):
-    """Adds ``scale * sum_i w_i R_i`` of an :class:`~entropy_reg.losses.EntropyRegularizedLoss` to the
-    loss your ``training_step`` returns, without changes to your code.
+    """Puts ``CE + scale * sum_i w_i R_i`` of an :class:`~entropy_reg.losses.EntropyRegularizedLoss`
+    into the loss your ``training_step`` returns, without changes to your code.
 
     A Lightning callback cannot change the loss Lightning backpropagates, so this one attaches itself
-    at ``setup("fit")`` and detaches at ``teardown`` (or on an exception):
+    at ``setup("fit")`` and detaches at ``teardown`` (or on an exception): it finds the Hugging Face
+    causal LM inside your module (``model_attr`` names it when there are several), registers a forward
+    pre-hook and a forward hook on it, and wraps ``pl_module.training_step`` (an instance attribute;
+    the class is untouched). Each grad-enabled model call inside ``training_step`` takes one of three
+    paths; an info line names the path (and why) the first time it is taken, and ``self.path`` holds
+    the latest one:
 
-    - it finds the Hugging Face causal LM inside your module (``model_attr`` names it when there are
-      several), and registers a forward pre-hook (captures ``input_ids``, ``labels``,
-      ``attention_mask``) and a forward hook (captures ``logits``) on it;
-    - it wraps ``pl_module.training_step`` (an instance attribute; the class is untouched): after your
-      step returns ``L`` (a tensor, or a dict with ``"loss"``), it computes the regularizer part from
-      the captured logits with ``loss(..., include_ce=False)`` and returns ``L + R`` (the dict gets
-      its ``"loss"`` replaced). Your CE stays yours; only the regularizers are added, so there is
-      still one backward per step and DDP/gradient accumulation behave as before.
+    - ``"one-pass"`` (default, when you call the model with ``labels``): the pre-hook takes ``labels``
+      out of the call, so the model computes no loss of its own; the forward hook computes CE +
+      regularizers in one chunked pass over the logits and returns the output with that in
+      ``out.loss``. Your step keeps using ``out.loss`` (returns it, logs it, adds its own terms), and
+      Lightning backpropagates one loss whose logits gradient is one ``[tokens, V]`` tensor (no
+      float32 copy of the logits, no second gradient). The CE is the one the model would have
+      computed (transformers' ``ForCausalLMLoss``): logits at t predict ``labels`` at t+1, ``-100``
+      ignored, divided by the number of predicted tokens, or by ``num_items_in_batch`` when you pass
+      it to the model; the regularizers share that normaliser.
+    - ``"hidden"`` (opt-in, ``hidden_path=True``): like one-pass, but the LM head is bypassed: it
+      hands its input (the final hidden states) over instead of computing logits, and the loss does
+      the head matmul chunk by chunk, so ``[tokens, V]`` logits never exist. Contract: the model
+      computes ``logits = lm_head(final hidden states)`` once per call with a plain ``nn.Linear``
+      head and no logit transform, and ``logits_to_keep`` is not passed; ``out.logits`` is None, so
+      your step must not read it. Under a strategy that shards parameters (FSDP, DeepSpeed) or with a
+      head that is not a plain ``nn.Linear`` (e.g. LoRA on the head) the one-pass path on logits is
+      taken instead.
+    - ``"additive"``: the model keeps its own loss and ``loss(..., include_ce=False)`` from the
+      captured logits (a second pass) is added to the loss your step returns. Taken when the model's
+      loss is not the plain shifted CE of its logits (a custom ``loss_function``, logit soft-capping
+      or scaling in its config, an ``ignore_index`` other than -100, ``shift_labels`` passed), when
+      you call the model without ``labels`` (you compute the loss from the logits), when the loss
+      your step returns does not use ``out.loss`` (checked on its autograd graph, per step), and with
+      ``one_pass=False``.
 
     Contract (checked; a violation raises with a message saying which):
 
@@ -50,21 +86,28 @@ class EntropyRegularizer(Callback):
       call ``backward`` yourself, so there is no returned loss to add to — call the loss directly;
     - exactly one HF causal LM in the module, or ``model_attr`` set (dotted path, e.g. ``"model"``);
     - ``training_step`` calls that causal LM (not its base model: the head must run) exactly once with
-      grad enabled, and its output has ``logits``; calls under ``torch.no_grad()`` (e.g. a reference
-      pass) are ignored;
+      grad enabled, with ``input_ids`` (not ``inputs_embeds``); calls under ``torch.no_grad()`` (e.g.
+      a reference pass) are left alone and keep their own loss;
     - ``training_step`` returns a loss (returning ``None`` to skip a batch is not supported);
-    - labels: the ``labels`` passed to the model (Hugging Face convention: unshifted, ``-100`` ignored)
-      are used. Without ``labels`` in the call, ``input_ids`` are used as labels with positions where
-      ``attention_mask == 0`` set to ``-100`` (plain causal-LM training); if your loss masks more than
-      padding (prompt tokens), pass ``labels`` to the model.
+    - labels: the ``labels`` passed to the model (Hugging Face convention: unshifted, ``-100``
+      ignored) are used. Without ``labels`` in the call, ``input_ids`` are used as labels with
+      positions where ``attention_mask == 0`` set to ``-100`` (plain causal-LM training); if your
+      loss masks more than padding (prompt tokens), pass ``labels`` to the model.
+
+    Gradient accumulation and DDP behave as they do without the callback: each micro-batch loss is
+    normalised like the model's own. Passing ``num_items_in_batch`` (the predicted tokens of the
+    accumulated global batch, divided by the world size under DDP) makes CE and regularizers together
+    exactly the global token mean.
 
     Logged (token-weighted over the steps since the last log and over all ranks: sums and counts are
-    reduced, then divided): ``train/loss`` (your loss + regularizers), ``train/reg_loss``,
-    ``train/ce``, ``train/entropy``, ``train/tail_mass``, ``train/copy_mass``, ``train/<term>`` for each
-    regularizer (unweighted penalty), and ``train/reg_scale`` (the coefficient in effect).
+    reduced, then divided): ``train/loss`` (the loss your step returned, regularizers included),
+    ``train/reg_loss``, ``train/ce``, ``train/entropy``, ``train/tail_mass``, ``train/copy_mass``,
+    ``train/<term>`` for each regularizer (unweighted penalty), and ``train/reg_scale`` (the
+    coefficient in effect).
 
     Args:
-        loss: the regularizers and their weights. Its CE term is never added (your loss has it).
+        loss: the regularizers and their weights (its own ``include_ce`` is not used: the one-pass
+            paths always include the CE, the additive path never does).
         schedule: sets ``loss.scale`` from ``trainer.global_step`` before every step; ``None`` leaves
             ``loss.scale`` as it is.
         model_attr: dotted attribute path of the causal LM inside your module.
@@ -72,9 +115,12 @@ class EntropyRegularizer(Callback):
         prog_bar: statistics (names without ``train/``) shown in the progress bar.
         on_nonfinite: a non-finite loss (NaN/inf logits, or your loss + regularizers not finite):
             ``"raise"`` a ``FloatingPointError`` naming the global step (before any weight update);
-            ``"skip"`` drops the step's weight update (returns None in one process; under DDP,
-            where Lightning refuses None, an exact 0 loss whose gradients are dropped) with a warning, counted in ``train/nonfinite_skipped``. Under DDP the
-            ranks agree first (one all-reduce of a flag per step), so all raise or all skip.
+            ``"skip"`` drops the step's weight update (returns None in one process; under DDP, where
+            Lightning refuses None, an exact 0 loss whose gradients are dropped) with a warning,
+            counted in ``train/nonfinite_skipped``. Under DDP the ranks agree first (one all-reduce
+            of a flag per step), so all raise or all skip.
+        one_pass: False always takes the additive path (the model's own loss + regularizers).
+        hidden_path: True takes the hidden-state path where the contract above allows it.
 
     Example::
 
@@ -91,6 +137,8 @@ class EntropyRegularizer(Callback):
         log_every_n_steps: int | None = None,
         prog_bar: Iterable[str] = ("loss", "entropy"),
         on_nonfinite: str = "raise",
+        one_pass: bool = True,
+        hidden_path: bool = False,
     ) -> None:
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"EntropyRegularizer: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
@@ -106,6 +154,14 @@ class EntropyRegularizer(Callback):
             raise ValueError(
                 f"EntropyRegularizer: model_attr must be a non-empty dotted path or None, got {model_attr!r}"
             )
+        for name, flag in (("one_pass", one_pass), ("hidden_path", hidden_path)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"EntropyRegularizer: {name} must be True or False, got {flag!r}")
+        if hidden_path and not one_pass:
+            raise ValueError(
+                "EntropyRegularizer: hidden_path=True needs one_pass=True (the hidden path replaces the "
+                "model's own loss; the additive path needs the model's logits)"
+            )
         prog_bar = (prog_bar,) if isinstance(prog_bar, str) else tuple(prog_bar)
         unknown = [k for k in prog_bar if k not in _PROG_BAR_KEYS and k not in loss.term_names]
         if unknown:
@@ -118,14 +174,23 @@ class EntropyRegularizer(Callback):
         self.model_attr = model_attr
         self.prog_bar = prog_bar
         self.on_nonfinite = on_nonfinite
+        self.one_pass = one_pass
+        self.hidden_path = hidden_path
         self.nonfinite_skipped = 0
         self._drop_next_update = False
         self._window = StatsWindow("train/", prog_bar, log_every_n_steps)
         self.last_scale: float = float(loss.scale)
         self.last_step: int | None = None
+        self.path: str | None = None
+        self._announced: set[tuple[str, str | None]] = set()
         self._capture = _Capture()
         self._handles: list[Any] = []
         self._module: LightningModule | None = None
+        self._lm: torch.nn.Module | None = None
+        self._call_args: CallArgs | None = None
+        self._one_pass_blocker: str | None = None
+        self._hidden_blocker: str | None = None
+        self._bypass: HeadBypass | None = None
         self._had_instance_step = False
         self._original_step: Any = None
         self._warned_label_fallback = False
@@ -143,6 +208,14 @@ class EntropyRegularizer(Callback):
             )
         name, model = find_causal_lm(pl_module, self.model_attr)
         self._detach()  # a second fit() on the same trainer: never stack two wrappers
+        self._lm = model
+        self._call_args = CallArgs(model)
+        self._one_pass_blocker = (
+            plain_ce_blocker(model, self.loss.ignore_index) if self.one_pass else "one_pass=False"
+        )
+        self._hidden_blocker = hidden_path_blocker(model, trainer.strategy) if self.hidden_path else None
+        if self.hidden_path and self._hidden_blocker is None:
+            self._bypass = HeadBypass(model.get_output_embeddings())
         self._handles = [
             model.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
             model.register_forward_hook(self._post_hook, with_kwargs=True),
@@ -176,6 +249,9 @@ class EntropyRegularizer(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._bypass is not None:
+            self._bypass.remove()
+        self._bypass = None
         module = self._module
         if module is not None:
             if self._had_instance_step:
@@ -183,35 +259,108 @@ class EntropyRegularizer(Callback):
             else:
                 vars(module).pop("training_step", None)  # the class method shows through again
         self._module = None
+        self._lm = None
         self._original_step = None
         self._capture = _Capture()
         self._window.reset()
 
-    # -- hooks ------------------------------------------------------------------------------------
-    def _pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if not self._capture.active or not torch.is_grad_enabled():
-            return
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        self._capture.calls.append(
-            {
-                "input_ids": input_ids,
-                "labels": kwargs.get("labels"),
-                "attention_mask": kwargs.get("attention_mask"),
-            }
-        )
+    # -- choosing the path ----------------------------------------------------------------------------
+    def _path_for(self, call: dict[str, Any], kwargs: dict) -> tuple[str, str | None]:
+        """``(path, reason)`` for one model call; the reason says why a faster path was not taken."""
+        if self._one_pass_blocker is not None:
+            return ADDITIVE, self._one_pass_blocker
+        if call["labels"] is None:
+            return ADDITIVE, "the causal LM is called without `labels` (your training_step computes the loss)"
+        if call["input_ids"] is None:
+            return ADDITIVE, "the causal LM is called without input_ids"
+        for key in ("shift_labels", "logits_to_keep"):
+            if kwargs.get(key) not in (None, 0):
+                return ADDITIVE, f"the call passes {key}"
+        if kwargs.get("ignore_index", HF_IGNORE_INDEX) != self.loss.ignore_index:
+            return ADDITIVE, f"the call passes ignore_index={kwargs['ignore_index']}"
+        if not self.hidden_path:
+            return ONE_PASS, None
+        return (HIDDEN, None) if self._hidden_blocker is None else (ONE_PASS, self._hidden_blocker)
 
-    def _post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if not self._capture.active or not torch.is_grad_enabled() or not self._capture.calls:
+    def _announce(self, path: str, reason: str | None) -> None:
+        self.path = path
+        if (path, reason) in self._announced:
             return
-        logits = getattr(output, "logits", None)
-        if logits is None and isinstance(output, dict):
-            logits = output.get("logits")
-        if logits is None and isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-            # return_dict=False: (loss, logits, ...) when labels were given, else (logits, ...).
-            logits = (
-                output[1] if self._capture.calls[-1]["labels"] is not None and len(output) > 1 else output[0]
-            )
-        self._capture.calls[-1]["logits"] = logits
+        self._announced.add((path, reason))
+        if path == HIDDEN:
+            what = ("hidden-state path: the LM head is bypassed and CE + regularizers are computed from the "
+                    "final hidden states chunk by chunk into out.loss ([tokens, vocab] logits never exist; "
+                    "out.logits is None)")
+        elif path == ONE_PASS:
+            what = ("one-pass path: the model skips its own loss; CE + regularizers are computed in one pass "
+                    "over its logits into out.loss")
+            what += f" (not the hidden path: {reason})" if reason else ""
+        else:
+            what = (f"additive path because {reason}: the regularizers are added to your loss (a second "
+                    "pass over the logits)")
+        rank_zero_info(f"EntropyRegularizer: {what}.")
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not self._capture.active or not torch.is_grad_enabled():
+            return None
+        get = functools.partial(self._call_args.get, args, kwargs)
+        call = {"input_ids": get("input_ids"), "labels": get("labels"), "attention_mask": get("attention_mask")}
+        self._capture.calls.append(call)
+        call["path"], reason = self._path_for(call, kwargs)
+        self._announce(call["path"], reason)
+        if call["path"] == ADDITIVE:
+            return None
+        call["num_tokens"] = num_items(kwargs.get("num_items_in_batch"))
+        if call["path"] == HIDDEN:
+            self._bypass.install()
+        return self._call_args.without(args, kwargs, "labels")  # the model computes no loss
+
+    def _post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not self._capture.active or not torch.is_grad_enabled() or not self._capture.calls:
+            return None
+        call = self._capture.calls[-1]
+        if call["path"] == ADDITIVE:
+            call["logits"] = output_logits(output, had_labels=call["labels"] is not None)
+            return None
+        if call["path"] == HIDDEN:
+            self._bypass.remove()
+            call["hidden"], self._bypass.hidden = self._bypass.hidden, None
+            if call["hidden"] is None:
+                raise RuntimeError(
+                    f"EntropyRegularizer(hidden_path=True): {type(module).__name__} did not call its LM head "
+                    "on the final hidden states; the hidden path needs logits = lm_head(hidden). Use "
+                    "hidden_path=False."
+                )
+            device = call["hidden"].device
+        else:
+            call["logits"] = output_logits(output, had_labels=False)
+            if not isinstance(call["logits"], Tensor):
+                raise RuntimeError(self._no_logits_message())
+            device = call["logits"].device
+        try:
+            call["out"] = self._compute(call, include_ce=True)
+            call["loss"] = call["out"].loss
+        except FloatingPointError as exc:
+            # Handled after your training_step returns (raise or skip, all ranks alike); until then
+            # out.loss is NaN.
+            call["error"], call["out"] = exc, None
+            call["loss"] = torch.full((), float("nan"), device=device)
+        return with_loss(output, call["loss"], drop_logits=call["path"] == HIDDEN)
+
+    def _compute(self, call: dict[str, Any], include_ce: bool) -> LossOutput:
+        """CE + regularizers (``include_ce``, the model's normaliser) or the regularizers alone."""
+        inputs = {
+            "labels": self._labels(call),
+            "input_ids": call["input_ids"],
+            "attention_mask": call["attention_mask"],
+            "num_tokens": call.get("num_tokens") if include_ce else None,
+            "include_ce": include_ce,
+        }
+        if "hidden" in call:
+            head = self._bypass.head
+            return self.loss(hidden=call["hidden"], lm_head_weight=head.weight, lm_head_bias=head.bias, **inputs)
+        return self.loss(logits=call["logits"], **inputs)
 
     # -- the wrapped step -------------------------------------------------------------------------
     def _training_step(self, trainer: Trainer, *args: Any, **kwargs: Any) -> Any:
@@ -224,49 +373,58 @@ class EntropyRegularizer(Callback):
             result = self._original_step(*args, **kwargs)
         finally:
             self._capture.active = False
+            if self._bypass is not None:  # a model call that raised must not leave the head bypassed
+                self._bypass.remove()
         calls, self._capture.calls = self._capture.calls, []
         user_loss = self._user_loss(result)
+        # The captured batch of the causal LM call (call["input_ids"], call["labels"],
+        # call["attention_mask"]) and the model itself (self._lm) are available from here on.
         call = self._single_call(calls)
-        labels = self._labels(call)
-        error: FloatingPointError | None = None
-        try:
-            out = self.loss(
-                logits=call["logits"],
-                labels=labels,
-                input_ids=call["input_ids"],
-                attention_mask=call["attention_mask"],
-                include_ce=False,
-            )
-            total = user_loss + out.loss.to(user_loss.dtype)
-            if not torch.isfinite(total.detach()).item():
-                raise FloatingPointError(
-                    f"non-finite loss: your loss {user_loss.item()} + regularizers {out.loss.item()}"
-                )
-        except FloatingPointError as exc:
-            error = exc
+        error: FloatingPointError | None = call.get("error")
+        out, total = call.get("out"), user_loss
+        if error is None:
+            try:
+                if out is not None and not loss_uses(user_loss, call["loss"]):
+                    self._announce(ADDITIVE, "your training_step's loss does not use the model's out.loss")
+                    out = None
+                if out is None:
+                    out = self._compute(call, include_ce=False)
+                    total = user_loss + out.loss.to(user_loss.dtype)
+                if not torch.isfinite(total.detach()).item():
+                    raise FloatingPointError(f"non-finite loss {total.item()} (CE + regularizers, your terms)")
+            except FloatingPointError as exc:
+                error = exc
         if nonfinite_on_any_rank(error is not None, trainer, user_loss.device):
             return self._handle_nonfinite(trainer, error, args)
 
         sums = dict(out.sums)
         count = out.count
-        sums["reg_loss"] = sums.pop("loss")
+        # The one-pass loss holds CE + regularizers; the additive one the regularizers alone.
+        reg_sum = sums.pop("loss")
+        sums["reg_loss"] = reg_sum - sums["ce"] if total is user_loss else reg_sum
         sums["loss"] = total.detach().to(torch.float64) * count.to(torch.float64)
         self._window.update(sums, count)
         self._log_window(trainer)
 
+        if total is user_loss:
+            return result
         if isinstance(result, Tensor):
             return total
         return {**result, "loss": total}
 
-    def _log_window(self, trainer: Trainer) -> None:
+    def _log_window(self, trainer: Trainer, final: bool = False) -> None:
         # Once per training_step on every rank (skipped steps included): the cadence decides who
-        # joins the window's collective.
-        if self._window.step_is_log_step(trainer):
+        # joins the window's collective. final: the window still open when training ends.
+        if self._window.has_open_window() if final else self._window.step_is_log_step(trainer):
             metrics = self._window.reduce(trainer.strategy)
             metrics["train/reg_scale"] = torch.tensor(self.last_scale)
             if self.nonfinite_skipped:
                 metrics["train/nonfinite_skipped"] = torch.tensor(float(self.nonfinite_skipped))
-            self._window.log(trainer, self._module, metrics)
+            self._window.log(trainer, self._module, metrics, final=final)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A run shorter than log_every_n_steps (or ending mid-window) still logs its last window.
+        self._log_window(trainer, final=True)
 
     def _handle_nonfinite(self, trainer: Trainer, error: FloatingPointError | None, args: tuple) -> None:
         batch_idx = args[1] if len(args) > 1 else "?"
@@ -306,6 +464,12 @@ class EntropyRegularizer(Callback):
             )
         return loss
 
+    def _no_logits_message(self) -> str:
+        return (
+            f"EntropyRegularizer: the causal LM call in {type(self._module).__name__}.training_step produced "
+            "no logits (did a fused-loss option skip them?). The regularizers need the [B, T, V] logits."
+        )
+
     def _single_call(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
         name = type(self._module).__name__
         if not calls:
@@ -320,11 +484,8 @@ class EntropyRegularizer(Callback):
                 "grad enabled; exactly one call is supported (wrap extra passes in torch.no_grad())."
             )
         call = calls[0]
-        if not isinstance(call.get("logits"), Tensor):
-            raise RuntimeError(
-                f"EntropyRegularizer: the causal LM call in {name}.training_step produced no logits "
-                "(did a fused-loss option skip them?). The regularizers need the [B, T, V] logits."
-            )
+        if call["path"] != HIDDEN and not isinstance(call.get("logits"), Tensor):
+            raise RuntimeError(self._no_logits_message())
         if call["input_ids"] is None:
             raise RuntimeError(
                 f"EntropyRegularizer: {name}.training_step called the causal LM without input_ids "
@@ -347,7 +508,6 @@ class EntropyRegularizer(Callback):
         if call["attention_mask"] is not None:
             labels[call["attention_mask"] == 0] = self.loss.ignore_index
         return labels
-
     # -- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
