@@ -26,6 +26,9 @@ PAIRS = [
     ("smollm2-135m/baseline.yaml", "smollm2-135m/combined.yaml"),
     ("tiny/baseline.yaml", "tiny/ditto.yaml"),
     ("smollm2-135m/baseline.yaml", "smollm2-135m/ditto.yaml"),
+    ("tiny/baseline.yaml", "tiny/seq_ul.yaml"),
+    ("tiny/baseline.yaml", "tiny/full.yaml"),
+    ("smollm2-135m/baseline.yaml", "smollm2-135m/full.yaml"),
     ("gpu/qwen2.5-0.5b-instruct/baseline.yaml", "gpu/qwen2.5-0.5b-instruct/combined.yaml"),
 ]
 

@@ -12,6 +12,7 @@ Pass them as ``objectives=[...]`` to ``CausalLMModule``, ``EntropyRegularizer`` 
 from .base import Objective, ObjectiveContext, ObjectiveOutput
 from .repetition_consistency import RepetitionConsistency
 from .runner import ObjectiveRunner, build_objectives
+from .sequence_unlikelihood import SequenceUnlikelihood
 
 __all__ = [
     "Objective",
@@ -19,5 +20,6 @@ __all__ = [
     "ObjectiveOutput",
     "ObjectiveRunner",
     "RepetitionConsistency",
+    "SequenceUnlikelihood",
     "build_objectives",
 ]
