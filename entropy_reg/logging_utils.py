@@ -10,7 +10,9 @@ Two concerns live here:
 - **Training statistics across ranks.** :class:`StatsWindow` accumulates the detached float64 sums
   and the row count of ``EntropyRegularizedLoss`` outputs between logging steps, reduces sums and
   counts across ranks (one collective of one small tensor), and only then divides: a token-weighted
-  mean, never a mean of per-rank means.
+  mean, never a mean of per-rank means. The window still open when training ends is logged too
+  (``log(..., final=True)`` from ``on_train_end``): a run shorter than the log cadence, e.g. 2 steps
+  at Lightning's default ``log_every_n_steps=50``, still logs its ``train/entropy``.
 """
 
 from __future__ import annotations
@@ -166,12 +168,19 @@ class StatsWindow:
         self.reset()
         return {self.prefix + k: (packed[i] / total).to(torch.float32) for i, k in enumerate(keys)}
 
-    def log(self, trainer: Any, pl_module: Any, metrics: Mapping[str, Tensor | float]) -> None:
+    def has_open_window(self) -> bool:
+        """True when updates arrived since the last :meth:`reduce` (the same answer on every rank:
+        every rank updates at every step that is not skipped, and skips are agreed across ranks)."""
+        return self._count is not None
+
+    def log(self, trainer: Any, pl_module: Any, metrics: Mapping[str, Tensor | float], final: bool = False) -> None:
         """Send ``metrics`` to every logger at ``trainer.global_step`` and to the progress bar.
 
         Loggers get the values directly (not through ``LightningModule.log``), so the cadence is
         exactly this window's; ``LightningModule.log(logger=False)`` puts the values into
-        ``trainer.callback_metrics`` (checkpoint monitors) and the progress bar.
+        ``trainer.callback_metrics`` (checkpoint monitors) and the progress bar. ``final=True`` (the
+        flush from ``on_train_end``, where Lightning forbids ``self.log``): loggers only, then
+        ``logger.save()`` so that a logger that buffers (CSV) writes the last row.
         """
         if not metrics:
             return
@@ -179,6 +188,10 @@ class StatsWindow:
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
+                if final:
+                    logger.save()
+        if final:
+            return
         shown = {self.prefix + k for k in self.prog_bar}
         for key, value in metrics.items():
             value = value if isinstance(value, Tensor) else torch.tensor(float(value))

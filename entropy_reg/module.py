@@ -284,17 +284,21 @@ class CausalLMModule(LightningModule):
             reduce_sum=reduce_sum, world_size=world_size, hidden_path=self._hidden_path_blocker() is None,
         )
 
-    def _log_train_window(self) -> None:
+    def _log_train_window(self, final: bool = False) -> None:
         # Called exactly once per training_step on every rank (skipped steps included): the window's
-        # cadence decides who joins its collective.
-        if self._train_stats.step_is_log_step(self.trainer):
+        # cadence decides who joins its collective. final: the window still open when training ends.
+        if self._train_stats.has_open_window() if final else self._train_stats.step_is_log_step(self.trainer):
             metrics = self._train_stats.reduce(self.trainer.strategy)
             metrics["train/reg_scale"] = torch.tensor(float(self.loss_fn.scale))
             if self._objectives:
                 metrics.update(self._objectives.stats.reduce(self.trainer.strategy))
             if self._nonfinite_skipped:
                 metrics["train/nonfinite_skipped"] = torch.tensor(float(self._nonfinite_skipped))
-            self._train_stats.log(self.trainer, self, metrics)
+            self._train_stats.log(self.trainer, self, metrics, final=final)
+
+    def on_train_end(self) -> None:
+        # A run shorter than log_every_n_steps (or ending mid-window) still logs its last window.
+        self._log_train_window(final=True)
 
     def _handle_nonfinite(self, error: FloatingPointError | None, batch_idx: int) -> None:
         trainer = self.trainer

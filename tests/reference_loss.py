@@ -2,6 +2,10 @@
 
 It uses the textbook formulas (log_softmax, -(p log p), an explicit set of copied ids) so that the
 fast path's closed-form gradient is checked against autograd, not against itself.
+
+Masked logits (-inf) are *dropped*: each row is computed on its finite columns only (a vocabulary of
+size V_row), with the gold id and the copied ids mapped into that smaller vocabulary and masked copied
+ids left out. The gradient of a dropped column is 0 (it never enters the graph).
 """
 
 from __future__ import annotations
@@ -46,13 +50,16 @@ def reference_loss(
             if y == ignore_index:
                 continue
             count += 1
-            z = logits[b, t]
+            keep = ~torch.isneginf(logits[b, t].detach())
+            new_id = torch.cumsum(keep.long(), 0) - 1  # id in the row's own vocabulary of kept tokens
+            z = logits[b, t][keep]
+            y_kept = int(new_id[y])
             logp = F.log_softmax(z, dim=-1)
             p = logp.exp()
-            stats = {"ce": -logp[y], "entropy": -(p * logp).sum(), "smooth": -logp.mean()}
+            stats = {"ce": -logp[y_kept], "entropy": -(p * logp).sum(), "smooth": -logp.mean()}
             ks = {min(stats_top_k, V)} | {min(r.top_k, V) for r in regularizers if hasattr(r, "top_k")}
             for k in ks:
-                top = torch.topk(z.detach(), k).indices
+                top = torch.topk(z.detach(), min(k, z.numel())).indices
                 stats[f"tail@{k}"] = 1 - p[top].sum()
             for r in regularizers:
                 if hasattr(r, "top_k"):
@@ -68,7 +75,7 @@ def reference_loss(
                         continue
                     seen.add(int(input_ids[b, s]))
                 seen.discard(y)
-                idx = torch.tensor(sorted(seen), dtype=torch.long)
+                idx = torch.tensor(sorted(int(new_id[c]) for c in seen if keep[c]), dtype=torch.long)
                 pc = p[idx]
                 eps = min([r.eps for r in regularizers if getattr(r, "mode", None) == "unlikelihood"] or [1e-6])
                 stats["copy"] = pc.sum()

@@ -60,7 +60,8 @@ def test_metrics_json_content(report):
 def test_report_md_table_and_variants(report, capsys):
     md = (report / "report.md").read_text("utf-8")
     assert "| metric | baseline | candidate | difference | 95% CI |" in md
-    assert "Welleck, per continuation" in md and "SimCTG, pooled" in md
+    assert "Welleck, per continuation" in md and "pooled: 1 - unique/total" in md
+    assert "SimCTG's counting on token ids" in md and "| repetitive share |" in md
 
 
 def test_identical_models_differ_by_exactly_zero(models, tmp_path, capsys):

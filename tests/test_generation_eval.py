@@ -119,9 +119,12 @@ def test_logs_scalars_table_histogram_and_probe(tmp_path, monkeypatch):
     # steps 2 and 4 from every_n_steps; the validation end at step 4 is deduplicated
     assert [int(r["step"]) for r in rows] == [2, 4]
     for key in ("entropy_mean", "entropy_p10", "seq_rep_4", "rep_2", "distinct_2", "uniq_seq", "eos_rate",
-                "degenerate_frac", "divergent_frac", "low_entropy_run"):
+                "degenerate_frac", "repetitive_frac", "divergent_frac", "healthy_frac", "low_entropy_run"):
         for dec in ("greedy", "top_p"):
             assert rows[0][f"eval/{dec}/{key}"] != ""
+    for dec in ("greedy", "top_p"):  # every continuation is in exactly one collapse class
+        fracs = [float(rows[0][f"eval/{dec}/{c}_frac"]) for c in ("degenerate", "repetitive", "divergent", "healthy")]
+        assert sum(fracs) == pytest.approx(1.0)
     assert 0.0 <= float(rows[0]["eval/probe/tp_3"]) <= 1.0
 
     run_dirs = list((tmp_path / "wandb").glob("offline-run-*"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -59,8 +61,9 @@ def test_input_ids_outside_vocab_but_padded_are_fine():
         EntropyRegularizedLoss()(logits=logits, labels=labels, input_ids=ids, attention_mask=mask)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_logits_raise_naming_the_row(bad):
+    # (-inf is a masked token, valid: tests/test_loss_masked.py)
     logits, labels, _ = _batch()
     logits[1, 2, 3] = bad
     with pytest.raises(FloatingPointError, match="batch 1, position 3"):
@@ -180,3 +183,68 @@ def test_num_tokens_normaliser_and_sums():
     torch.testing.assert_close(a.sums["ce"] / a.count, a.metrics["ce"].double())
     with pytest.raises(ValueError, match="num_tokens"):
         EntropyRegularizedLoss()(logits=logits, labels=labels, num_tokens=0)
+
+
+SET_AFTER_CONSTRUCTION = [
+    (lambda: TailMassFloor(top_k=2), "weight", "TailMassFloor: weight must be a finite number >= 0"),
+    (lambda: TailMassFloor(top_k=2), "top_k", "TailMassFloor: top_k must be an integer >= 1"),
+    (lambda: TailMassFloor(top_k=2), "floor", "TailMassFloor: floor must be"),
+    (lambda: EntropyFloor(), "weight", "EntropyFloor: weight must be a finite number >= 0"),
+    (lambda: EntropyFloor(), "min_entropy", "EntropyFloor: min_entropy must be a finite number >= 0"),
+    (lambda: AntiCopyPenalty(), "weight", "AntiCopyPenalty: weight must be a finite number >= 0"),
+    (lambda: AntiCopyPenalty(), "eps", r"AntiCopyPenalty: eps must be in \(0, 1\)"),
+    (lambda: ConfidencePenalty(), "weight", "ConfidencePenalty: weight must be a finite number >= 0"),
+    (lambda: LabelSmoothing(), "epsilon", "LabelSmoothing: epsilon must be a finite number >= 0"),
+    (lambda: LabelSmoothing(), "weight", "LabelSmoothing: weight must be a finite number >= 0"),
+    (lambda: EntropyRegularizedLoss(), "scale", "EntropyRegularizedLoss: scale must be a finite number >= 0"),
+]
+
+
+@pytest.mark.parametrize(("make", "attr", "message"), SET_AFTER_CONSTRUCTION)
+@pytest.mark.parametrize("value", [float("nan"), -5.0, float("inf")])
+def test_parameters_set_after_construction_are_validated_like_the_constructor(make, attr, message, value):
+    obj = make()
+    before = getattr(obj, attr)
+    with pytest.raises(ValueError, match=message):
+        setattr(obj, attr, value)
+    assert getattr(obj, attr) == before  # a rejected value leaves the old one
+
+
+def test_constructor_and_attribute_give_the_same_error():
+    with pytest.raises(ValueError) as ctor:
+        TailMassFloor(top_k=2, weight=float("nan"))
+    reg = TailMassFloor(top_k=2)
+    with pytest.raises(ValueError) as attr:
+        reg.weight = float("nan")
+    assert str(ctor.value) == str(attr.value)
+    loss = EntropyRegularizedLoss()
+    for name, bad in (("copy_window", 0), ("chunk_size", -1), ("stats_top_k", 0), ("copy_context", "prompt")):
+        with pytest.raises(ValueError, match=name):
+            setattr(loss, name, bad)
+    with pytest.raises(TypeError, match=r"regularizers\[1\] is a str"):
+        loss.regularizers = [EntropyFloor(), "tail"]
+
+
+def test_valid_attribute_changes_take_effect():
+    logits, labels, _ = _batch()
+    reg = EntropyFloor(min_entropy=1.5, weight=0.0)
+    loss_fn = EntropyRegularizedLoss([reg])
+    plain = float(loss_fn(logits=logits, labels=labels).loss)
+    reg.weight = 2.0
+    assert float(loss_fn(logits=logits, labels=labels).loss) > plain
+    loss_fn.scale = 0.0  # what a schedule does at its start
+    assert float(loss_fn(logits=logits, labels=labels).loss) == pytest.approx(plain)
+    smoothing = LabelSmoothing(0.1)
+    smoothing.epsilon = 0.3
+    assert smoothing.weight == 0.3 and repr(smoothing) == "LabelSmoothing(epsilon=0.3)"
+
+
+def test_entropy_floor_above_ln_vocab_warns_once_naming_ln_v():
+    logits, labels, _ = _batch(V=7)  # ln 7 = 1.946 nats
+    loss_fn = EntropyRegularizedLoss([EntropyFloor(min_entropy=50.0)])
+    with pytest.warns(UserWarning, match=r"min_entropy=50 nats is above ln V = ln\(7\) = 1\.946 nats"):
+        loss_fn(logits=logits, labels=labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(logits=logits, labels=labels)  # once, not every step
+        EntropyRegularizedLoss([EntropyFloor(min_entropy=1.9)])(logits=logits, labels=labels)  # below ln 7

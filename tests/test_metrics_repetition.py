@@ -7,6 +7,7 @@ import torch
 
 from entropy_reg.metrics import (
     distinct_n,
+    ditto_sentences,
     diversity,
     rep_n,
     sentence_repetition,
@@ -40,6 +41,38 @@ def test_rep_n_is_pooled_over_the_set():
     assert rep_n(seqs, 2) == pytest.approx(25.0)
     assert seq_rep_n(seqs, 2) == 0.0
     assert distinct_n(seqs, 2) == pytest.approx(0.75)
+
+
+def test_rep_n_simctg_convention_drops_the_last_ngram_and_adds_per_text_counts():
+    # the example: two identical texts. Pooled: bigrams 12,23,12,23 -> 4 total, 2 unique -> 50.
+    # SimCTG: per text only "12" (the last n-gram "23" is dropped) -> unique 1 + 1, total 1 + 1 -> 0.
+    same = [[1, 2, 3], [1, 2, 3]]
+    assert rep_n(same, 2) == pytest.approx(50.0)
+    assert rep_n(same, 2, convention="simctg") == 0.0
+    # [1,1,1,1,1]: SimCTG bigrams 11,11,11 (4th dropped) -> 1 unique / 3 -> 66.67; pooled 1/4 -> 75
+    assert rep_n([[1, 1, 1, 1, 1]], 2, convention="simctg") == pytest.approx(100 * (1 - 1 / 3))
+    assert rep_n([[1, 1, 1, 1, 1]], 2) == pytest.approx(75.0)
+    # a text with exactly n tokens has no n-gram under SimCTG's loop -> nothing counted -> 0.0
+    assert rep_n([[4, 4]], 2, convention="simctg") == 0.0
+    # diversity follows the convention: [1,1,1,1,1] SimCTG: (1/3) * (1/2) * (1/1) = 1/6
+    assert diversity([[1, 1, 1, 1, 1]], convention="simctg") == pytest.approx(1 / 6)
+    with pytest.raises(ValueError, match="convention must be one of 'pooled', 'simctg'"):
+        rep_n(same, 2, convention="SimCTG")
+
+
+def test_sentence_repetition_ditto_convention():
+    text = "a b . c d . a b . c d ."
+    # split: [a b, c d, a b, c d] -> (4 - 2) / 4 = 0.5
+    assert sentence_repetition([text]) == pytest.approx(0.5)
+    # DITTO: text before the first "." ignored, last sentence drops the last token -> ["c d", "a b", "c d", ""]
+    assert ditto_sentences(text) == ["c d", "a b", "c d", ""]
+    assert sentence_repetition([text], convention="ditto") == pytest.approx(0.25)
+    # no "." token (raw text keeps "." attached): no sentence, counted as 0 in DITTO's mean
+    assert ditto_sentences("one. two. one.") == []
+    assert sentence_repetition(["x y z", "a . b . b . c"], convention="ditto") == pytest.approx(
+        (0 + 1 / 3) / 2)  # second: ["b", "b", ""] -> (3 - 2) / 3
+    with pytest.raises(ValueError, match="convention must be one of 'split', 'ditto'"):
+        sentence_repetition([text], convention="DITTO")
 
 
 def test_diversity_is_product_over_n_2_to_4():

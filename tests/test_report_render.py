@@ -83,3 +83,73 @@ def test_sample_prompts_spread_to_the_last_prompt():
     assert sample_prompts(5, 10) == [0, 1, 2, 3, 4]
     assert sample_prompts(24, 4) == [0, 8, 15, 23]
     assert sample_prompts(24, 1) == [0] and sample_prompts(3, 0) == []
+
+
+def test_intro_paths_render_as_code_not_backticks():
+    from entropy_reg.report.html import inline_markdown
+
+    out = inline_markdown("baseline: `runs/a b/<x>/last.ckpt`; candidate: `c.ckpt`")
+    assert out == "baseline: <code>runs/a b/&lt;x&gt;/last.ckpt</code>; candidate: <code>c.ckpt</code>"
+    assert "`" not in out
+
+
+def _fake_comparison(tok):
+    """A Comparison-shaped object with the long unbroken runs real models produce, and all four classes."""
+    from types import SimpleNamespace
+
+    from entropy_reg.generation import parse_decoding
+    from entropy_reg.report.generate import Runs
+
+    texts = ["|" * 600, "9" * 500, "Return a[i][i][i]" + "[" * 300, "普通的句子。" * 40 + "很长" * 200,
+             "https://example.com/" + "a" * 400]
+    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    classes = ["degenerate", "repetitive", "divergent", "healthy", "healthy"]
+
+    def runs():
+        return Runs(decoding=parse_decoding("greedy"), seeds=[0], n_prompts=len(texts), max_new_tokens=128,
+                    eos_token_ids=[0], token_ids=ids, entropies=[[1.0] * len(x) for x in ids],
+                    logprobs=[[-1.0] * len(x) for x in ids], texts=texts, hit_eos=[False] * len(texts))
+
+    rows = [_row(key="k1", label="x" * 300, variant="y" * 400), _row(key="k2")]
+    return SimpleNamespace(
+        rows=rows, prompts=["p" * 700, "Explain", "请解释" * 100, "b", "c"],
+        runs={"greedy": {"baseline": runs(), "candidate": runs()}},
+        per_sample={"greedy": {"baseline": {"collapse_class": classes}, "candidate": {"collapse_class": classes}}},
+    )
+
+
+_WIDTH_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var m = document.createElement('pre'); m.id = 'check';
+  m.textContent = 'SCROLL ' + document.documentElement.scrollWidth + ' VIEW ' + window.innerWidth +
+    ' CODE ' + document.querySelectorAll('li code').length;
+  document.body.appendChild(m);
+});
+</script></body>"""
+
+
+def test_report_html_fits_1280px_in_headless_chromium(tok, tmp_path):
+    import shutil
+    import subprocess
+
+    from entropy_reg.report.html import render
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium); the headless render check needs it")
+    intro = "- baseline: `" + "runs/" * 60 + "last.ckpt`\n- candidate: `cand.ckpt`\n"
+    page = render(_fake_comparison(tok), {}, tok, intro)
+    assert "`" not in page.split("<h2>Metrics</h2>")[0]  # header paths are <code>, not literal backticks
+    for badge in ("degenerate", "repetitive", "divergent", "healthy"):
+        assert f'class="badge {badge}"' in page
+    probe = tmp_path / "check.html"
+    probe.write_text(page.replace("</body>", _WIDTH_SCRIPT), "utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=3000",
+             "--window-size=1280,900"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    marker = dom.stdout.split('id="check">', 1)[1].split("<", 1)[0].split()
+    scroll, view, codes = int(marker[1]), int(marker[3]), int(marker[5])
+    assert view == 1280
+    assert scroll <= view, f"report.html is {scroll} px wide in a {view} px window"
+    assert codes == 2

@@ -12,8 +12,9 @@ Contract (like Lightning's ``BackboneFinetuning`` "your model must have a backbo
   and forks the RNG (sampling does not shift the training random stream).
 
 What it logs (``step = trainer.global_step``), per decoding ``d``: ``eval/<d>/entropy_mean``,
-``entropy_p10``, ``seq_rep_4``, ``rep_2``, ``distinct_2``, ``uniq_seq``, ``eos_rate``, ``degenerate_frac``,
-``divergent_frac``, ``low_entropy_run`` (longest run of raw-logit entropy below ``low_entropy_threshold``),
+``entropy_p10``, ``seq_rep_4``, ``rep_2`` (pooled), ``distinct_2``, ``uniq_seq``, ``eos_rate``, the shares of
+the four collapse classes ``degenerate_frac``, ``repetitive_frac``, ``divergent_frac``, ``healthy_frac``
+(:func:`entropy_reg.metrics.collapse_class`), ``low_entropy_run`` (longest run of raw-logit entropy below ``low_entropy_threshold``),
 to every logger; with probe sentences also ``eval/probe/tp_1``, ``tp_<N>``, ``ip_<N>``, ``wr_<N>``. With a
 ``WandbLogger`` additionally: a ``wandb.Table`` of completions (``eval/completions``), a
 ``wandb.Histogram`` of token entropies per decoding (``eval/<d>/entropy_hist``) and the probe curve as a
@@ -34,6 +35,7 @@ from lightning.pytorch.loggers import WandbLogger
 from entropy_reg.generation import DecodingConfig, GenerationResult, generate_with_entropy, parse_decoding
 from entropy_reg.hf_utils import find_causal_lm, find_tokenizer
 from entropy_reg.metrics import (
+    COLLAPSE_CLASSES,
     DEFAULT_LOW_ENTROPY_THRESHOLD,
     CollapseThresholds,
     collapse_class,
@@ -282,8 +284,7 @@ class GenerationEval(Callback):
             "distinct_2": distinct_n(res.token_ids, 2),
             "uniq_seq": float(uniq_seq(res.token_ids)),
             "eos_rate": eos_rate(res.token_ids, res.eos_token_ids) if res.eos_token_ids else 0.0,
-            "degenerate_frac": classes.count("degenerate") / n,
-            "divergent_frac": classes.count("divergent") / n,
+            **{f"{name}_frac": classes.count(name) / n for name in COLLAPSE_CLASSES},
             "low_entropy_run": summary["low_entropy_run"],
         }
 

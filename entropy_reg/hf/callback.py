@@ -33,7 +33,8 @@ class EntropyEvalCallback(TrainerCallback):
 
     Logged through ``Trainer.log`` (so to ``log_history`` and every ``report_to`` integration), per
     decoding ``d``: ``eval_<d>/entropy_mean``, ``entropy_p10``, ``seq_rep_4``, ``rep_2``, ``distinct_2``,
-    ``uniq_seq``, ``eos_rate``, ``degenerate_frac``, ``divergent_frac``, ``low_entropy_run`` (W&B shows
+    ``uniq_seq``, ``eos_rate``, ``degenerate_frac``, ``repetitive_frac``, ``divergent_frac``, ``healthy_frac``,
+    ``low_entropy_run`` (W&B shows
     ``eval/<d>/...``). With ``"wandb"`` in ``report_to`` and a W&B run active, also the completions table
     ``eval/completions`` and the histograms ``eval/<d>/entropy_hist``, logged straight to the run at
     ``train/global_step`` (tables do not belong in ``log_history``, which is saved as JSON).

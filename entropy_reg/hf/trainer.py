@@ -82,7 +82,9 @@ class _LossMetricsCallback(TrainerCallback):
             return
         # Every rank logs the same keys at the same time (Trainer.log runs on all processes), so the
         # decision to join the collective in reduce() is the same everywhere.
-        if "loss" in logs and _eval_prefix(logs) is None:
+        # "train_runtime": the summary Trainer.train() logs at its end; it carries the window still open
+        # then (a run shorter than logging_steps would otherwise log no entropy at all).
+        if ("loss" in logs or "train_runtime" in logs) and _eval_prefix(logs) is None:
             means = self.loss_fn.train_stats.reduce(_DistSum())
             if not means:
                 return

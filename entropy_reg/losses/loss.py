@@ -54,7 +54,8 @@ class LossOutput:
 def _positive_int_or_none(name: str, value: int | None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or int(value) != value or value < 1:
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value < 1:
         raise ValueError(f"EntropyRegularizedLoss: {name} must be an integer >= 1 or None, got {value!r}")
     return int(value)
 
@@ -94,26 +95,106 @@ class EntropyRegularizedLoss(nn.Module):
         include_ce: bool = True,
     ) -> None:
         super().__init__()
-        regularizers = list(regularizers)
-        for i, reg in enumerate(regularizers):
+        self.regularizers = regularizers
+        self.ignore_index = ignore_index
+        self.stats_top_k = stats_top_k
+        self.copy_context = copy_context
+        self.copy_window = copy_window
+        self.chunk_size = chunk_size
+        self.include_ce = include_ce
+        self.scale = 1.0
+
+    # Every parameter is validated whenever it is set (constructor or attribute), so a schedule or a
+    # user writing ``loss_fn.scale = float("nan")`` gets the constructor's error, not a silent NaN.
+    @property
+    def regularizers(self) -> list[Regularizer]:
+        return self._regularizers
+
+    @regularizers.setter
+    def regularizers(self, value: Sequence[Regularizer]) -> None:
+        value = list(value)
+        for i, reg in enumerate(value):
             if not isinstance(reg, Regularizer):
                 raise TypeError(
                     f"EntropyRegularizedLoss: regularizers[{i}] is a {type(reg).__name__}, not a Regularizer "
                     "(TailMassFloor, EntropyFloor, AntiCopyPenalty, ConfidencePenalty, LabelSmoothing)"
                 )
-        if copy_context not in ("all", "response"):
-            raise ValueError(f"EntropyRegularizedLoss: copy_context must be 'all' or 'response', got {copy_context!r}")
-        self.regularizers = regularizers
-        self.term_names = self._unique_names(regularizers)
-        self.ignore_index = int(ignore_index)
-        self.stats_top_k = _positive_int_or_none("stats_top_k", stats_top_k)
-        if self.stats_top_k is None:
+        self._regularizers = value
+
+    @property
+    def term_names(self) -> list[str]:
+        """Metric key of each regularizer: its ``name``, suffixed ``_1``, ``_2`` ... when repeated."""
+        return self._unique_names(self._regularizers)
+
+    @property
+    def ignore_index(self) -> int:
+        return self._ignore_index
+
+    @ignore_index.setter
+    def ignore_index(self, value: int) -> None:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ValueError(f"EntropyRegularizedLoss: ignore_index must be an integer, got {value!r}")
+        self._ignore_index = int(value)
+
+    @property
+    def stats_top_k(self) -> int:
+        return self._stats_top_k
+
+    @stats_top_k.setter
+    def stats_top_k(self, value: int) -> None:
+        value = _positive_int_or_none("stats_top_k", value)
+        if value is None:
             raise ValueError("EntropyRegularizedLoss: stats_top_k must be an integer >= 1")
-        self.copy_context = copy_context
-        self.copy_window = _positive_int_or_none("copy_window", copy_window)
-        self.chunk_size = _positive_int_or_none("chunk_size", chunk_size)
-        self.include_ce = bool(include_ce)
-        self.scale = 1.0
+        self._stats_top_k = value
+
+    @property
+    def copy_context(self) -> str:
+        return self._copy_context
+
+    @copy_context.setter
+    def copy_context(self, value: str) -> None:
+        if value not in ("all", "response"):
+            raise ValueError(f"EntropyRegularizedLoss: copy_context must be 'all' or 'response', got {value!r}")
+        self._copy_context = value
+
+    @property
+    def copy_window(self) -> int | None:
+        return self._copy_window
+
+    @copy_window.setter
+    def copy_window(self, value: int | None) -> None:
+        self._copy_window = _positive_int_or_none("copy_window", value)
+
+    @property
+    def chunk_size(self) -> int | None:
+        return self._chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int | None) -> None:
+        self._chunk_size = _positive_int_or_none("chunk_size", value)
+
+    @property
+    def include_ce(self) -> bool:
+        return self._include_ce
+
+    @include_ce.setter
+    def include_ce(self, value: bool) -> None:
+        self._include_ce = bool(value)
+
+    @property
+    def scale(self) -> float:
+        """Global multiplier of all regularizer terms (finite, >= 0); coefficient schedules set it."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+            raise ValueError(f"EntropyRegularizedLoss: scale must be a finite number >= 0, got {value!r}")
+        self._scale = number
 
     @staticmethod
     def _unique_names(regularizers: list[Regularizer]) -> list[str]:
@@ -268,9 +349,9 @@ class _Plan:
             if not math.isfinite(denom) or denom <= 0:
                 raise ValueError(f"EntropyRegularizedLoss: num_tokens must be a finite number > 0, got {num_tokens!r}")
         self.denom = denom
-        self.scale = float(owner.scale)
-        if not math.isfinite(self.scale) or self.scale < 0:
-            raise ValueError(f"EntropyRegularizedLoss: scale must be finite and >= 0, got {owner.scale!r}")
+        self.scale = owner.scale  # validated when set
+        for reg in owner.regularizers:
+            reg.check_vocab(V)
         chunk = owner.chunk_size or max(1, _CHUNK_BYTES // (4 * V))
         self.chunk = chunk
         self.sums: dict[str, Tensor] = {}
@@ -382,8 +463,8 @@ class _Plan:
         if bad.any():
             r = int(bad.nonzero()[0])
             raise FloatingPointError(
-                f"EntropyRegularizedLoss: non-finite logits (NaN or +-inf) in the row predicting "
-                f"batch {int(rows.batch_idx[r])}, position {int(rows.time_idx[r]) + 1}"
+                f"EntropyRegularizedLoss: non-finite cross-entropy or entropy (logits too large for "
+                f"{self.cdtype}?) in the row predicting batch {int(rows.batch_idx[r])}, position {int(rows.time_idx[r]) + 1}"
             )
 
     def _accumulate(self, sums, stats, penalties, chunk_total) -> None:

@@ -8,36 +8,83 @@ closed-form vocabulary gradient does the rest.
 
 A regularizer declares which statistics it reads (``requires``) so that the kernel only computes what
 is used (top-k, copy gathers and unlikelihood are not free).
+
+Parameters are validated whenever they are set, not only in ``__init__``: ``reg.weight = float("nan")``
+raises the same ``ValueError`` as ``TailMassFloor(weight=float("nan"))`` (each parameter is a
+:class:`_Checked` descriptor), so no attribute path can smuggle a NaN, a negative or an infinite weight
+into the loss.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 
-def _check_weight(name: str, value: float, what: str = "weight") -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
+def _check_weight(name: str, value: Any, what: str = "weight") -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
         raise ValueError(f"{name}: {what} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _check_probability(name: str, value: Any, what: str) -> float:
+    value = _check_weight(name, value, what)
+    if value > 1:
+        raise ValueError(f"{name}: {what} is a probability mass and must be <= 1, got {value!r}")
     return value
+
+
+def _check_positive_int(name: str, value: Any, what: str) -> int:
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value < 1:
+        raise ValueError(f"{name}: {what} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class _Checked:
+    """A regularizer parameter whose every assignment goes through ``check(owner_name, value, attr)``."""
+
+    def __init__(self, check: Callable[[str, Any, str], Any]) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj, self.slot, self.check(type(obj).__name__, value, self.name))
 
 
 class Regularizer:
     """Base class: a weighted, row-wise penalty on per-token statistics.
 
-    Subclasses set ``name`` (the metric key), ``requires`` (stat keys) and implement ``penalty``.
+    Subclasses set ``name`` (the metric key), ``params`` (constructor arguments, for ``repr``),
+    ``requires`` (stat keys) and implement ``penalty``.
     """
 
     name: str = "regularizer"
+    params: tuple[str, ...] = ("weight",)
+    weight = _Checked(_check_weight)
 
     def __init__(self, weight: float = 1.0) -> None:
-        self.weight = _check_weight(type(self).__name__, weight)
+        self.weight = weight
 
     def requires(self) -> set[str]:
         raise NotImplementedError
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Called by the loss with the vocabulary size at each call (no-op unless a subclass needs it)."""
 
     def penalty(self, stats: dict[str, Tensor]) -> Tensor:
         """Per-token penalty (before ``weight``).
@@ -51,7 +98,7 @@ class Regularizer:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.params)
         return f"{type(self).__name__}({args})"
 
 
@@ -70,15 +117,13 @@ class TailMassFloor(Regularizer):
     """
 
     name = "tail_mass_floor"
+    params = ("top_k", "floor", "weight")
+    top_k = _Checked(_check_positive_int)
+    floor = _Checked(_check_probability)
 
     def __init__(self, top_k: int = 1, floor: float = 0.1, weight: float = 1.0) -> None:
         super().__init__(weight)
-        if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
-            raise ValueError(f"TailMassFloor: top_k must be an integer >= 1, got {top_k!r}")
-        floor = _check_weight("TailMassFloor", floor, "floor")
-        if floor > 1:
-            raise ValueError(f"TailMassFloor: floor is a probability mass and must be <= 1, got {floor!r}")
-        self.top_k = int(top_k)
+        self.top_k = top_k
         self.floor = floor
 
     def requires(self) -> set[str]:
@@ -91,22 +136,56 @@ class TailMassFloor(Regularizer):
 class EntropyFloor(Regularizer):
     """Hinge on the predictive entropy: ``relu(min_entropy - H)`` (nats).
 
+    No distribution over V tokens has an entropy above ``ln V``: a ``min_entropy`` above it penalises
+    every position, whatever the model does. The loss warns about it at the first call that reveals V.
+
     Args:
         min_entropy: entropy (nats, >= 0) below which a position is penalised.
         weight: multiplier (>= 0).
     """
 
     name = "entropy_floor"
+    params = ("min_entropy", "weight")
+    min_entropy = _Checked(_check_weight)
 
     def __init__(self, min_entropy: float = 0.5, weight: float = 1.0) -> None:
         super().__init__(weight)
-        self.min_entropy = _check_weight("EntropyFloor", min_entropy, "min_entropy")
+        self.min_entropy = min_entropy
+        self._warned: tuple[float, int] | None = None
 
     def requires(self) -> set[str]:
         return {"entropy"}
 
+    def check_vocab(self, vocab_size: int) -> None:
+        ln_v = math.log(vocab_size)
+        if self.min_entropy > ln_v and self._warned != (self.min_entropy, vocab_size):
+            self._warned = (self.min_entropy, vocab_size)  # once per (value, vocabulary), not per step
+            warnings.warn(
+                f"EntropyFloor: min_entropy={self.min_entropy:g} nats is above ln V = ln({vocab_size}) = "
+                f"{ln_v:.3f} nats, the largest entropy any distribution over this vocabulary can have: "
+                f"every position is penalised. Use a value below {ln_v:.3f} (e.g. 0.5-2 nats).",
+                UserWarning,
+                stacklevel=6,  # check_vocab < _Plan < forward < Module._call_impl < __call__ < caller
+            )
+
     def penalty(self, stats: dict[str, Tensor]) -> Tensor:
         return torch.relu(self.min_entropy - stats["entropy"])
+
+
+def _check_mode(name: str, value: Any, what: str) -> str:
+    if value not in ("unlikelihood", "mass"):
+        raise ValueError(f"{name}: {what} must be 'unlikelihood' or 'mass', got {value!r}")
+    return value
+
+
+def _check_open_unit(name: str, value: Any, what: str) -> float:
+    try:
+        ok = 0 < float(value) < 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: {what} must be in (0, 1), got {value!r}")
+    return float(value)
 
 
 class AntiCopyPenalty(Regularizer):
@@ -123,15 +202,14 @@ class AntiCopyPenalty(Regularizer):
     """
 
     name = "anti_copy"
+    params = ("weight", "mode", "eps")
+    mode = _Checked(_check_mode)
+    eps = _Checked(_check_open_unit)
 
     def __init__(self, weight: float = 1.0, mode: str = "unlikelihood", eps: float = 1e-6) -> None:
         super().__init__(weight)
-        if mode not in ("unlikelihood", "mass"):
-            raise ValueError(f"AntiCopyPenalty: mode must be 'unlikelihood' or 'mass', got {mode!r}")
-        if not 0 < float(eps) < 1:
-            raise ValueError(f"AntiCopyPenalty: eps must be in (0, 1), got {eps!r}")
         self.mode = mode
-        self.eps = float(eps)
+        self.eps = eps
 
     def requires(self) -> set[str]:
         return {"unlikelihood"} if self.mode == "unlikelihood" else {"copy"}
@@ -156,24 +234,38 @@ class ConfidencePenalty(Regularizer):
         return -stats["entropy"]
 
 
+def _check_epsilon(name: str, value: Any, what: str) -> float:
+    value = _check_weight(name, value, what)
+    if value > 1:
+        raise ValueError(f"{name}: {what} must be <= 1, got {value!r}")
+    return value
+
+
 class LabelSmoothing(Regularizer):
     """Label smoothing as an additive term: ``(1-eps) CE + eps * CE_uniform = CE + eps * (CE_uniform - CE)``.
 
     ``CE_uniform = lse - mean_j z_j`` is the cross-entropy against the uniform distribution, matching
-    ``F.cross_entropy(label_smoothing=epsilon)``.
+    ``F.cross_entropy(label_smoothing=epsilon)``; with ``-inf`` (masked) logits the uniform
+    distribution is over the unmasked tokens (a masked token is not a class).
 
     Args:
-        epsilon: smoothing in [0, 1]; it is this term's weight.
+        epsilon: smoothing in [0, 1]; it is this term's weight (``epsilon`` and ``weight`` are one value).
     """
 
     name = "label_smoothing"
+    params = ("epsilon",)
+    weight = _Checked(_check_epsilon)
 
     def __init__(self, epsilon: float = 0.1) -> None:
-        epsilon = _check_weight("LabelSmoothing", epsilon, "epsilon")
-        if epsilon > 1:
-            raise ValueError(f"LabelSmoothing: epsilon must be <= 1, got {epsilon!r}")
-        super().__init__(epsilon)
-        self.epsilon = epsilon
+        super().__init__(_check_epsilon("LabelSmoothing", epsilon, "epsilon"))
+
+    @property
+    def epsilon(self) -> float:
+        return self.weight
+
+    @epsilon.setter
+    def epsilon(self, value: float) -> None:
+        self.weight = _check_epsilon(type(self).__name__, value, "epsilon")
 
     def requires(self) -> set[str]:
         return {"smooth"}

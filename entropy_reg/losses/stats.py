@@ -18,6 +18,14 @@ Given upstream weights g_* = dLoss/dstat (from autograd on the tiny stat vectors
 
 (uses z - mu, never log p, so p underflowing to 0 cannot create 0 * -inf). One dense exp and one
 multiply-add over the chunk, plus sparse scatters into k + |C| + 1 columns; the top-k set is held fixed.
+
+Masked logits (``-inf``: padding rows of an LM head, constrained tokens, a ``-inf`` bias) are tokens of
+probability 0: they add nothing to any statistic, get gradient 0, and the uniform distribution of
+``smooth`` spans only the unmasked tokens (so every value equals the one computed with the masked
+columns dropped). No extra pass finds them: ``0 * -inf`` makes the row's dot product ``e . z`` NaN, and
+only rows whose dot product is not finite are inspected and recomputed (:func:`_masked_rows`). A row
+is an error (``FloatingPointError`` naming it) when it holds NaN or ``+inf``, when every logit is
+``-inf``, or when the gold token's logit is ``-inf`` (its cross-entropy is infinite).
 """
 
 from __future__ import annotations
@@ -39,6 +47,51 @@ class ChunkRows:
     batch_idx: Tensor
     time_idx: Tensor
     gold: Tensor
+
+
+@dataclass
+class MaskedRows:
+    """Rows of a chunk that hold ``-inf`` logits: their indices ``[M]``, the mask ``[M, V]`` and the
+    number of unmasked tokens per row ``[M]``."""
+
+    idx: Tensor
+    neg_inf: Tensor
+    n_finite: Tensor
+
+
+def _row_name(rows: ChunkRows, r: int) -> str:
+    return f"the row predicting batch {int(rows.batch_idx[r])}, position {int(rows.time_idx[r]) + 1}"
+
+
+def _masked_rows(z: Tensor, ez: Tensor, rows: ChunkRows) -> MaskedRows | None:
+    """Find the rows with masked logits (see the module docstring), or raise on invalid logits."""
+    idx = (~torch.isfinite(ez)).nonzero().view(-1)
+    if idx.numel() == 0:
+        return None
+    zr = z if idx.numel() == z.shape[0] else z[idx]
+    invalid = torch.isnan(zr) | torch.isposinf(zr)
+    if bool(invalid.any()):
+        r, col = (int(i) for i in invalid.nonzero()[0])
+        raise FloatingPointError(
+            f"EntropyRegularizedLoss: logit {float(zr[r, col])} (token {col}) in {_row_name(rows, int(idx[r]))}: "
+            "logits may be -inf (probability 0) but not NaN or +inf"
+        )
+    neg_inf = torch.isneginf(zr)
+    n_finite = zr.shape[1] - neg_inf.sum(dim=1)
+    if bool((n_finite == 0).any()):
+        r = int((n_finite == 0).nonzero()[0])
+        raise FloatingPointError(
+            f"EntropyRegularizedLoss: every logit is -inf in {_row_name(rows, int(idx[r]))}: no token has "
+            "probability > 0"
+        )
+    gold_masked = neg_inf.gather(1, rows.gold[idx, None]).view(-1)
+    if bool(gold_masked.any()):
+        r = int(gold_masked.nonzero()[0])
+        raise FloatingPointError(
+            f"EntropyRegularizedLoss: the gold token {int(rows.gold[idx[r]])} has logit -inf (probability 0, "
+            f"infinite cross-entropy) in {_row_name(rows, int(idx[r]))}; check the vocabulary mask or the labels"
+        )
+    return MaskedRows(idx, neg_inf, n_finite.to(z.dtype))
 
 
 def chunk_stats(
@@ -78,6 +131,10 @@ def chunk_stats(
     lse = m + s.log()
     # sum_j e_j z_j as a batched dot product: no [R, V] temporary.
     ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(R)
+    masked = _masked_rows(z, ez, rows)
+    if masked is not None:
+        zr, er = z[masked.idx], e[masked.idx]
+        ez[masked.idx] = torch.where(masked.neg_inf, torch.zeros((), dtype=z.dtype, device=z.device), er * zr).sum(1)
     mu = ez / s
     gold = rows.gold
     z_y = z.gather(1, gold[:, None]).view(R)
@@ -87,7 +144,7 @@ def chunk_stats(
     for k in top_ks:
         # k == V: the tail is empty; say 0 exactly rather than 1 - (a sum that rounds to 1 - 3e-8).
         stats[f"tail@{k}"] = torch.zeros_like(m) if k >= V else (1.0 - head[:, k - 1]).clamp_min(0.0)
-    saved: dict[str, Tensor] = {"e": e, "s": s, "mu": mu, "top_idx": top_idx, "p_top": p_top}
+    saved: dict = {"e": e, "s": s, "mu": mu, "top_idx": top_idx, "p_top": p_top, "masked": masked}
 
     if copy_index is not None and ({"copy", "unlikelihood"} & want):
         cand, mask = copy_index.rows(rows.batch_idx, rows.time_idx, gold)
@@ -102,7 +159,12 @@ def chunk_stats(
             stats["unlikelihood"] = (-torch.log(one_minus.clamp_min(ul_eps)) * mask).sum(dim=1)
             saved.update(q=torch.where(unclamped, p_c / one_minus.clamp_min(ul_eps), torch.zeros_like(p_c)))
     if "smooth" in want:
-        stats["smooth"] = lse - z.mean(dim=1)
+        smooth = lse - z.mean(dim=1)
+        if masked is not None:
+            # Uniform over the unmasked tokens: mean of the finite logits.
+            finite_sum = torch.where(masked.neg_inf, torch.zeros((), dtype=z.dtype, device=z.device), z[masked.idx]).sum(1)
+            smooth[masked.idx] = lse[masked.idx] - finite_sum / masked.n_finite
+        stats["smooth"] = smooth
     return stats, saved
 
 
@@ -154,6 +216,14 @@ def chunk_grad_(
         torch.mul(e, (alpha * inv_s)[:, None], out=z)
     if g_s is not None:
         z.sub_((g_s / V)[:, None])
+    masked = saved.get("masked")
+    if masked is not None:
+        # Masked columns hold 0 * inf = NaN now: their gradient is 0; smooth's uniform part spans the
+        # unmasked tokens only (-g_s / n_finite instead of -g_s / V).
+        dz = z[masked.idx]
+        if g_s is not None:
+            dz += (g_s[masked.idx] / V - g_s[masked.idx] / masked.n_finite)[:, None]
+        z[masked.idx] = dz.masked_fill_(masked.neg_inf, 0.0)
 
     # Sparse parts.
     z.scatter_add_(1, gold[:, None], -g_ce[:, None])

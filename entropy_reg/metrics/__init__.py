@@ -12,6 +12,7 @@ from entropy_reg.metrics.entropy import (
     token_entropy,
 )
 from entropy_reg.metrics.loops import (
+    COLLAPSE_CLASSES,
     CollapseThresholds,
     Loop,
     collapse_class,
@@ -27,6 +28,7 @@ from entropy_reg.metrics.probe import (
 )
 from entropy_reg.metrics.repetition import (
     distinct_n,
+    ditto_sentences,
     diversity,
     rep_n,
     sentence_repetition,
@@ -37,6 +39,7 @@ from entropy_reg.metrics.repetition import (
 from entropy_reg.metrics.teacher_forced import human_rep_l, rep_l, wrep_l
 
 __all__ = [
+    "COLLAPSE_CLASSES",
     "DEFAULT_LOW_ENTROPY_THRESHOLD",
     "CollapseThresholds",
     "Loop",
@@ -44,6 +47,7 @@ __all__ = [
     "collapse_class",
     "detect_loop",
     "distinct_n",
+    "ditto_sentences",
     "diversity",
     "entropy_and_logsumexp",
     "entropy_summary",

@@ -6,16 +6,23 @@ of trailing positions ``t`` with ``ids[t] == ids[t - p]``. Among all periods the
 the smallest period, so ``a a a a`` is period 1, not 2). A tail counts as a loop when it spans at least
 ``min_repeats`` full periods and ``min_length`` tokens.
 
-``collapse_class`` rule (thresholds in :class:`CollapseThresholds`):
+Collapse classes
+----------------
+``collapse_class`` puts every continuation in exactly one of four classes (thresholds in
+:class:`CollapseThresholds`, defaults in brackets). A continuation *loops* when :func:`detect_loop`
+finds a repeating tail spanning at least ``min_loop_repeats`` [2] periods and ``min_loop_length`` [4]
+tokens and covering at least ``min_loop_fraction`` [0: any such tail] of the continuation; this is the
+tail the HTML report highlights. Then:
 
-1. **degenerate** — a loop exists, it covers at least ``min_loop_fraction`` of the continuation, and the
-   mean entropy over the loop tail is at most ``degenerate_max_entropy`` nats (the model is confidently
-   copying itself: the "probability black hole").
-2. **divergent** — otherwise, if the mean entropy over the whole continuation is at least
-   ``divergent_min_entropy`` nats *and* the continuation is unlikely: mean log-prob of the generated
-   tokens at most ``divergent_max_logprob`` when log-probs are given; when they are not, "no loop
-   covering ``min_loop_fraction``" stands in for low likelihood.
-3. **healthy** — everything else.
+1. **degenerate** — it loops and the mean raw-logit entropy over the loop tail is at most
+   ``degenerate_max_entropy`` [1.0] nats: the model confidently copies itself, the self-reinforcing
+   "probability black hole".
+2. **repetitive** — it loops at a higher tail entropy: argmax over a flat distribution, what an
+   under-trained model does under greedy decoding. A looping continuation is never healthy.
+3. **divergent** — it does not loop, its mean entropy is at least ``divergent_min_entropy`` [4.0] nats
+   and it is unlikely: mean log-prob of the generated tokens at most ``divergent_max_logprob`` [-4.0]
+   when log-probs are given (without them, high entropy alone decides): gibberish.
+4. **healthy** — none of these.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ import numpy as np
 from entropy_reg.metrics._inputs import as_id_list, as_id_lists
 from entropy_reg.metrics.entropy import _as_float_list
 
-CollapseClass = Literal["degenerate", "divergent", "healthy"]
+CollapseClass = Literal["degenerate", "repetitive", "divergent", "healthy"]
+
+#: The four classes of :func:`collapse_class`, in report order.
+COLLAPSE_CLASSES: tuple[str, ...] = ("degenerate", "repetitive", "divergent", "healthy")
 
 
 @dataclass(frozen=True)
@@ -97,9 +107,19 @@ def hit_max_length_rate(sequences: Any, max_new_tokens: int, eos_token_id: int |
 
 @dataclass(frozen=True)
 class CollapseThresholds:
-    """Thresholds of :func:`collapse_class` (entropies in nats, log-probs natural log)."""
+    """Thresholds of :func:`collapse_class` (module docstring; entropies in nats, log-probs natural log).
 
-    min_loop_fraction: float = 0.25
+    Attributes:
+        min_loop_fraction: share of the continuation the repeating tail must cover, in [0, 1]
+            (0: any tail that meets ``min_loop_repeats`` and ``min_loop_length``).
+        degenerate_max_entropy: a loop whose tail entropy is at most this is degenerate, else repetitive.
+        divergent_min_entropy: a continuation without loop at or above this mean entropy may be divergent.
+        divergent_max_logprob: ... and is when its mean token log-prob is at most this.
+        min_loop_repeats: full periods a repeating tail must span (>= 2).
+        min_loop_length: tokens a repeating tail must span (>= 2).
+    """
+
+    min_loop_fraction: float = 0.0
     degenerate_max_entropy: float = 1.0
     divergent_min_entropy: float = 4.0
     divergent_max_logprob: float = -4.0
@@ -107,10 +127,24 @@ class CollapseThresholds:
     min_loop_length: int = 4
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.min_loop_fraction <= 1.0:
-            raise ValueError(f"min_loop_fraction must be in (0, 1], got {self.min_loop_fraction}")
-        if self.degenerate_max_entropy < 0 or self.divergent_min_entropy < 0:
+        if not 0.0 <= self.min_loop_fraction <= 1.0:
+            raise ValueError(f"min_loop_fraction must be in [0, 1], got {self.min_loop_fraction}")
+        if not (self.degenerate_max_entropy >= 0 and self.divergent_min_entropy >= 0):
             raise ValueError("entropy thresholds must be >= 0 nats")
+        if not self.divergent_max_logprob <= 0:
+            raise ValueError(f"divergent_max_logprob is a log-probability and must be <= 0, got {self.divergent_max_logprob}")
+        if self.min_loop_repeats < 2:
+            raise ValueError(f"min_loop_repeats must be >= 2 (one copy is not a repetition), got {self.min_loop_repeats}")
+        if self.min_loop_length < 2:
+            raise ValueError(f"min_loop_length must be >= 2, got {self.min_loop_length}")
+
+    def loop(self, ids: Any) -> Loop | None:
+        """The repeating tail that makes ``ids`` loop under these thresholds, or None."""
+        id_list = as_id_list(ids, "ids")
+        found = detect_loop(id_list, min_repeats=self.min_loop_repeats, min_length=self.min_loop_length)
+        if found is None or found.length < self.min_loop_fraction * len(id_list):
+            return None
+        return found
 
 
 def collapse_class(
@@ -119,7 +153,7 @@ def collapse_class(
     logprobs: Sequence[float] | None = None,
     thresholds: CollapseThresholds | None = None,
 ) -> CollapseClass:
-    """Classify one continuation as "degenerate", "divergent" or "healthy" (rule in the module docstring).
+    """Classify one continuation: "degenerate", "repetitive", "divergent" or "healthy" (module docstring).
 
     Args:
         ids: [T] generated token ids.
@@ -137,20 +171,15 @@ def collapse_class(
         raise ValueError("collapse_class got an empty continuation")
     if len(ent) != len(id_list):
         raise ValueError(f"entropies ({len(ent)}) must align with ids ({len(id_list)})")
-    loop = detect_loop(id_list, min_repeats=t.min_loop_repeats, min_length=t.min_loop_length)
-    covering = loop is not None and loop.length / len(id_list) >= t.min_loop_fraction
-    if covering:
+    lp = None
+    if logprobs is not None:
+        lp = _as_float_list(logprobs, "logprobs")
+        if len(lp) != len(id_list):
+            raise ValueError(f"logprobs ({len(lp)}) must align with ids ({len(id_list)})")
+    loop = t.loop(id_list)
+    if loop is not None:
         tail_entropy = float(np.mean(ent[loop.start :]))
-        if tail_entropy <= t.degenerate_max_entropy:
-            return "degenerate"
-    if float(np.mean(ent)) >= t.divergent_min_entropy:
-        if logprobs is not None:
-            lp = _as_float_list(logprobs, "logprobs")
-            if len(lp) != len(id_list):
-                raise ValueError(f"logprobs ({len(lp)}) must align with ids ({len(id_list)})")
-            unlikely = float(np.mean(lp)) <= t.divergent_max_logprob
-        else:
-            unlikely = not covering
-        if unlikely:
-            return "divergent"
+        return "degenerate" if tail_entropy <= t.degenerate_max_entropy else "repetitive"
+    if float(np.mean(ent)) >= t.divergent_min_entropy and (lp is None or float(np.mean(lp)) <= t.divergent_max_logprob):
+        return "divergent"
     return "healthy"

@@ -1,18 +1,25 @@
 """Self-contained report.html: metric table, base64 PNG plots, side-by-side completions.
 
 No scripts and no external resources (it must open from an e-mail attachment or a CI artifact). All
-model text is HTML-escaped. In the completions, the repeating tail found by
-:func:`entropy_reg.metrics.detect_loop` is marked ``class="loop"`` and tokens that close a 4-gram
-already seen earlier in the same continuation are marked ``class="rep"``.
+model text is HTML-escaped. In the completions, the repeating tail that makes a continuation loop
+(:meth:`entropy_reg.metrics.CollapseThresholds.loop`, the same tail the collapse class uses) is marked
+``class="loop"`` and tokens that close a 4-gram already seen earlier in the same continuation are
+marked ``class="rep"``.
+
+Layout: the page fits a 1280 px window. Model text can hold long unbroken runs (``||||...``,
+``9999...``) that would otherwise widen their table cell past the window, so every cell breaks lines
+anywhere when it must (``overflow-wrap:anywhere``, which also lowers the cell's minimum width);
+``tests/test_report_render.py`` checks the scroll width in headless Chromium.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from typing import Any
 
-from entropy_reg.metrics import detect_loop, seq_rep_n
+from entropy_reg.metrics import CollapseThresholds, seq_rep_n
 from entropy_reg.report.markdown import has_reference, header, row_cells, sections
 from entropy_reg.report.rows import Row
 
@@ -21,17 +28,20 @@ REPEAT_N = 4
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:8px 0 20px 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
+th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f0f0f0;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.variant{color:#666;font-size:12px}
 tr.sig td.diff{font-weight:bold}
 .samples{table-layout:fixed;width:100%}
 .samples td{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:90%;background:#f4f4f4;padding:0 3px}
+li{overflow-wrap:anywhere}
 span.loop{background:#f8c4c4}
 span.rep{background:#fff0a8}
 .badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:11px;font-family:sans-serif;color:#fff}
-.degenerate{background:#c0392b}.divergent{background:#8e44ad}.healthy{background:#27ae60}
+.degenerate{background:#c0392b}.repetitive{background:#d35400}.divergent{background:#8e44ad}
+.healthy{background:#27ae60}
 img{max-width:100%;border:1px solid #ddd;margin:6px 0}
 .legend span{padding:0 6px;margin-right:8px}
 """
@@ -56,8 +66,9 @@ def _metric_tables(rows: list[Row]) -> str:
     return "\n".join(parts)
 
 
-def token_flags(ids: list[int], n: int = REPEAT_N) -> list[str]:
-    """Per token: "loop" (in the detected repeating tail), "rep" (ends a repeated n-gram) or ""."""
+def token_flags(ids: list[int], n: int = REPEAT_N, thresholds: CollapseThresholds | None = None) -> list[str]:
+    """Per token: "loop" (in the repeating tail that makes the continuation loop), "rep" (ends a
+    repeated n-gram) or ""."""
     flags = [""] * len(ids)
     seen: set[tuple[int, ...]] = set()
     for i in range(len(ids) - n + 1):
@@ -66,7 +77,7 @@ def token_flags(ids: list[int], n: int = REPEAT_N) -> list[str]:
             for k in range(i, i + n):
                 flags[k] = "rep"
         seen.add(gram)
-    loop = detect_loop(ids) if ids else None
+    loop = (thresholds or CollapseThresholds()).loop(ids) if ids else None
     if loop is not None:
         for k in range(loop.start, len(ids)):
             flags[k] = "loop"
@@ -109,8 +120,9 @@ def sample_prompts(n_prompts: int, max_samples: int) -> list[int]:
 
 
 def _samples(cmp: Any, tokenizer: Any, max_samples: int) -> str:
-    parts = ['<p class="legend"><span class="loop">repeating tail (detect_loop)</span>'
-             f'<span class="rep">repeated {REPEAT_N}-gram</span></p>']
+    parts = ['<p class="legend"><span class="loop">repeating tail (collapse_class loop)</span>'
+             f'<span class="rep">repeated {REPEAT_N}-gram</span> badges: degenerate (loop, low entropy), '
+             "repetitive (loop, high entropy), divergent (no loop, high entropy, unlikely), healthy</p>"]
     for dec, by_role in cmp.runs.items():
         base = by_role["baseline"]
         cls = {role: cmp.per_sample[dec][role]["collapse_class"] for role in by_role}
@@ -131,9 +143,17 @@ def _samples(cmp: Any, tokenizer: Any, max_samples: int) -> str:
     return "\n".join(parts)
 
 
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def inline_markdown(line: str) -> str:
+    """HTML of one line of the report.md intro: escaped, with Markdown code spans (paths) as ``<code>``."""
+    return _CODE_SPAN.sub(r"<code>\1</code>", html.escape(line))
+
+
 def render(cmp: Any, plots: dict[str, bytes], tokenizer: Any, markdown_intro: str, max_samples: int = 24) -> str:
     """The whole report.html (``markdown_intro``: the report.md bullet lines, shown as a list)."""
-    intro = "".join(f"<li>{html.escape(line[2:])}</li>" for line in markdown_intro.splitlines()
+    intro = "".join(f"<li>{inline_markdown(line[2:])}</li>" for line in markdown_intro.splitlines()
                     if line.startswith("- "))
     figs = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from entropy_reg.metrics import (
+    COLLAPSE_CLASSES,
     CollapseThresholds,
     collapse_class,
     distinct_n,
@@ -104,9 +105,14 @@ def per_continuation_values(runs: Runs, thresholds: CollapseThresholds) -> dict[
     out["sentence_repetition"] = (
         np.asarray([_sentence_rep(t) for t in runs.texts]), np.asarray(sent, dtype=float)
     )
+    for n in (2, 3, 4):
+        # SimCTG's script per text: n-grams but the last one, and their distinct count (summed later).
+        grams = [[tuple(x[i : i + n]) for i in range(len(x) - n)] for x in ids]
+        out[f"_simctg_unique_{n}"] = (np.asarray([len(set(g)) for g in grams], dtype=float), np.ones(len(ids)))
+        out[f"_simctg_total_{n}"] = (np.asarray([len(g) for g in grams], dtype=float), np.ones(len(ids)))
     classes = [collapse_class(x, e, lp, thresholds) if x else "healthy"
                for x, e, lp in zip(ids, ents, runs.logprobs, strict=True)]
-    for name in ("degenerate", "divergent", "healthy"):
+    for name in COLLAPSE_CLASSES:
         out[f"{name}_share"] = (np.asarray([c == name for c in classes], dtype=float), np.ones(len(ids)))
     eos = set(runs.eos_token_ids)
     out["eos_rate"] = (np.asarray([any(t in eos for t in x) for x in ids], dtype=float), np.ones(len(ids)))
@@ -130,15 +136,22 @@ _VARIANTS = {
     "low_entropy_frac": ("low-entropy token share", "share of generated tokens with entropy < 0.5 nats"),
     "seq_rep_4": ("seq-rep-4", "Welleck, per continuation 1-unique/total 4-grams, mean over continuations"),
     "seq_rep_2": ("seq-rep-2", "Welleck, per continuation, mean over continuations"),
-    "rep_2": ("rep-2", "SimCTG, pooled over all continuations, percent"),
-    "rep_4": ("rep-4", "SimCTG, pooled over all continuations, percent"),
+    "rep_2": ("rep-2", "pooled: 1 - unique/total 2-grams over all continuations' token ids, percent"),
+    "rep_4": ("rep-4", "pooled: 1 - unique/total 4-grams over all continuations' token ids, percent"),
+    "rep_2_simctg": ("rep-2 (SimCTG script)", "SimCTG's counting on token ids: per text, last 2-gram dropped, "
+                     "unique counts summed over texts, percent"),
+    "rep_4_simctg": ("rep-4 (SimCTG script)", "SimCTG's counting on token ids: per text, last 4-gram dropped, "
+                     "unique counts summed over texts, percent"),
     "distinct_2": ("distinct-2", "Li et al., pooled unique/total 2-grams"),
-    "diversity": ("diversity", "SimCTG, prod_{n=2..4}(1 - rep-n/100), pooled"),
+    "diversity": ("diversity", "prod_{n=2..4}(1 - rep-n/100), pooled rep-n"),
+    "diversity_simctg": ("diversity (SimCTG script)", "prod_{n=2..4}(1 - rep-n/100), SimCTG-script rep-n"),
     "uniq_seq": ("uniq-seq", "distinct token ids over all continuations (no CI: a count, biased by resampling)"),
-    "sentence_repetition": ("sentence repetition", "DITTO, per continuation, split on . ! ? 。！？"),
-    "degenerate_share": ("degenerate share", "collapse_class: looping tail with low entropy"),
-    "divergent_share": ("divergent share", "collapse_class: high entropy, low likelihood"),
-    "healthy_share": ("healthy share", "collapse_class: neither"),
+    "sentence_repetition": ("sentence repetition", "split on . ! ? 。！？, per continuation (1 - distinct/all "
+                            "sentences), mean over continuations with a sentence"),
+    "degenerate_share": ("degenerate share", "collapse_class: repeating tail, tail entropy <= threshold (black hole)"),
+    "repetitive_share": ("repetitive share", "collapse_class: repeating tail at higher entropy (flat argmax loop)"),
+    "divergent_share": ("divergent share", "collapse_class: no loop, high entropy, low likelihood"),
+    "healthy_share": ("healthy share", "collapse_class: none of the three"),
     "eos_rate": ("EOS rate", "share of continuations that stopped with EOS"),
     "max_length_rate": ("max-length rate", "share cut at max_new_tokens without EOS"),
 }
@@ -175,17 +188,29 @@ def generation_rows(section: str, runs: dict[str, Runs], thresholds: CollapseThr
     for n in (2, 4):
         rows.append(pair(section, f"rep_{n}", *v(f"rep_{n}"), lambda m, n=n: rep_n(runs[m].token_ids, n),
                          lambda m, n=n: bs.rep_n_stat(res, inc[(m, n)])))
+
+    def simctg_boot(m: str, n: int) -> np.ndarray:
+        ratio = bs.ratio_stat(res, per[m][f"_simctg_unique_{n}"][0], per[m][f"_simctg_total_{n}"][0])
+        return np.where(np.isnan(ratio), 0.0, 100.0 * (1.0 - ratio))  # no n-gram: 0, as metrics.rep_n
+
+    for n in (2, 4):
+        rows.append(pair(section, f"rep_{n}_simctg", *v(f"rep_{n}_simctg"),
+                         lambda m, n=n: rep_n(runs[m].token_ids, n, convention="simctg"),
+                         lambda m, n=n: simctg_boot(m, n)))
     rows.append(pair(section, "distinct_2", *v("distinct_2"), lambda m: distinct_n(runs[m].token_ids, 2),
                      lambda m: bs.distinct_n_stat(res, inc[(m, 2)])))
     rows.append(pair(section, "diversity", *v("diversity"), lambda m: diversity(runs[m].token_ids),
                      lambda m: np.prod([1 - bs.rep_n_stat(res, inc[(m, n)]) / 100 for n in (2, 3, 4)], axis=0)))
+    rows.append(pair(section, "diversity_simctg", *v("diversity_simctg"),
+                     lambda m: diversity(runs[m].token_ids, convention="simctg"),
+                     lambda m: np.prod([1 - simctg_boot(m, n) / 100 for n in (2, 3, 4)], axis=0)))
     rows.append(Row(section, "uniq_seq", *v("uniq_seq"), float(uniq_seq(base.token_ids)),
                     float(uniq_seq(runs["candidate"].token_ids)),
                     reference=float(uniq_seq(runs[REFERENCE].token_ids)) if REFERENCE in runs else None))
     rows.append(pair(section, "sentence_repetition", *v("sentence_repetition"),
                      lambda m: sentence_repetition(runs[m].texts),
                      lambda m: bs.mean_stat(res, *per[m]["sentence_repetition"])))
-    for key in ("degenerate_share", "divergent_share", "healthy_share"):
+    for key in (f"{name}_share" for name in COLLAPSE_CLASSES):
         rows.append(pair(section, key, *v(key), lambda m, k=key: _masked_mean(*per[m][k]),
                          lambda m, k=key: bs.mean_stat(res, *per[m][k])))
     eos_ids = base.eos_token_ids or [-1]
@@ -194,7 +219,8 @@ def generation_rows(section: str, runs: dict[str, Runs], thresholds: CollapseThr
     rows.append(pair(section, "max_length_rate", *v("max_length_rate"),
                      lambda m: hit_max_length_rate(runs[m].token_ids, base.max_new_tokens, eos_ids),
                      lambda m: bs.mean_stat(res, *per[m]["max_length_rate"])))
-    kept = {role: {k: val.tolist() for k, (val, _) in p.items()} for role, p in per.items()}
+    kept = {role: {k: val.tolist() for k, (val, _) in p.items() if not k.startswith("_simctg")}
+            for role, p in per.items()}
     for role in kept:
         kept[role]["entropy_mean"] = (ent_sum[role] / np.maximum(ent_len[role], 1)).tolist()
         kept[role]["collapse_class"] = kept[role].pop("_classes")
