@@ -7,6 +7,7 @@
     entropy-reg fit --config recipes/tiny/combined.yaml --print_config
     entropy-reg validate --config recipes/tiny/combined.yaml --ckpt_path runs/.../last.ckpt
     entropy-reg compare BASELINE_RUN CANDIDATE_RUN ...      (see entropy_reg.report.cli)
+    entropy-reg export RUN.ckpt --out DIR                    (see entropy_reg.export)
 
 Model and data are in subclass mode: recipes give ``class_path``/``init_args`` (so a recipe can name
 your own LightningModule or datamodule), and overrides may spell either ``--model.init_args.x`` or the
@@ -206,6 +207,12 @@ def _compare(argv: Sequence[str]) -> Any:
     return compare_main(list(argv))
 
 
+def _export(argv: Sequence[str]) -> Any:
+    from entropy_reg.export import main as export_main
+
+    return export_main(list(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     """Console entry point: ``compare`` goes to the report CLI, everything else to LightningCLI.
 
@@ -216,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "compare":
         return _compare(args[1:])
+    if args and args[0] == "export":
+        return _export(args[1:])
     configure_wandb_env()  # before anything can import and start wandb
     # args=None when they are sys.argv's: LightningCLI warns when given both.
     cli = EntropyRegCLI(args=None if argv is None else args)

@@ -1,0 +1,224 @@
+"""``entropy-reg export CHECKPOINT --out DIR``: a CausalLMModule checkpoint as a standard Hugging Face directory.
+
+::
+
+    entropy-reg export runs/smollm2/combined/last.ckpt --out smollm2-combined
+    entropy-reg export runs/smollm2/lora/last.ckpt --out smollm2-lora              # LoRA merged into the weights
+    entropy-reg export runs/smollm2/lora/last.ckpt --out smollm2-adapter --adapters-only
+
+The default output loads anywhere with ``AutoModelForCausalLM.from_pretrained(DIR)`` and
+``AutoTokenizer.from_pretrained(DIR)``, without entropy_reg: ``config.json``, ``model.safetensors``
+(float weights: a GGUF base such as the embedded SmolLM2 is written dequantised), the generation
+config and the tokenizer (with its chat template). LoRA checkpoints are merged (W + scale * B @ A);
+``--adapters-only`` writes a peft adapter directory instead (``adapter_config.json``,
+``adapter_model.safetensors``, the tokenizer), to load with ``PeftModel.from_pretrained(base, DIR)``.
+
+Before anything is moved into place the export is checked: the written model is loaded back and its
+logits on a probe text must equal the checkpoint model's (adapters: the written tensors must equal the
+trained ones), and the written tokenizer must encode the probe the same way.
+
+Exit status 2 with one line on stderr for bad input: a missing checkpoint, a file that is not a
+CausalLMModule checkpoint, a non-empty ``--out``, ``--adapters-only`` on a full fine-tuning checkpoint.
+Everything is written into a temporary directory next to ``--out`` and renamed at the end, so a failed
+export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entropy_reg.errors import MissingFileError, UserError, exit_on_user_error
+
+PROBE_TEXT = "The for statement is used to iterate over the elements of a sequence. 请解释 Python 中的 for 语句。"
+# Max |logit difference| between the checkpoint model and the exported one read back: a float32
+# round trip through safetensors is exact; the margin only absorbs kernel-order noise.
+LOGITS_ATOL = 1e-5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="entropy-reg export",
+        description="Write a CausalLMModule checkpoint (.ckpt of `entropy-reg fit`) as a standard Hugging Face "
+        "directory (safetensors, config, tokenizer) that transformers loads without entropy_reg.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt written by `entropy-reg fit` (CausalLMModule)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory; must not exist or be empty")
+    p.add_argument("--adapters-only", action="store_true",
+                   help="LoRA checkpoints: write the peft adapter directory instead of merged weights")
+    return p
+
+
+def read_hparams(path: Path) -> dict[str, Any]:
+    """The checkpoint's hyper-parameters, checked to come from CausalLMModule (tensors are mmapped, not read)."""
+    if not path.exists():
+        raise MissingFileError(f"checkpoint not found: {str(path)!r}")
+    if path.is_dir():
+        raise UserError(f"{str(path)!r} is a directory; pass the .ckpt file written by `entropy-reg fit` "
+                        "(e.g. runs/.../checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # truncated zip, pickle error, not a torch file at all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{str(path)!r} is not a readable PyTorch checkpoint ({first})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "model_name_or_path" not in hparams:
+        raise UserError(f"{str(path)!r} is not a CausalLMModule checkpoint (no model_name_or_path in its "
+                        "hyper_parameters); export takes the .ckpt files of `entropy-reg fit`")
+    return dict(hparams)
+
+
+def check_out_dir(out: Path) -> None:
+    if out.is_file() or out.is_symlink():
+        raise UserError(f"--out {str(out)!r} is a file; pass a new or empty directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {str(out)!r} is not empty; pass a new or empty directory (nothing was overwritten)")
+
+
+def serializable(model: Any) -> Any:
+    """``model`` itself, or for a GGUF-loaded model a plain float copy that ``save_pretrained`` accepts.
+
+    transformers keeps a GGUF model's quantizer (and ``config.quantization_config``) after dequantising
+    and then refuses to serialise it ("quantized with gguf and is not serializable"). The weights are
+    already float, so a model rebuilt from the config without the quantization entry, holding the same
+    state dict, is the same function and saves normally.
+    """
+    config = model.config
+    if getattr(model, "hf_quantizer", None) is None and getattr(config, "quantization_config", None) is None:
+        return model
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    if model.generation_config is not None:
+        plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.eval()
+
+
+def _probe_ids(tokenizer: Any) -> torch.Tensor:
+    return torch.tensor([tokenizer(PROBE_TEXT)["input_ids"]])
+
+
+@torch.no_grad()
+def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    return model.eval()(input_ids=ids).logits.float()
+
+
+def verify_full(out: Path, model: Any, tokenizer: Any) -> None:
+    """Read the written directory back with plain transformers; logits and encodings must match."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = _probe_ids(tokenizer)
+    reread_tok = AutoTokenizer.from_pretrained(out)
+    if list(reread_tok(PROBE_TEXT)["input_ids"]) != ids[0].tolist():
+        raise RuntimeError(f"export check failed: the tokenizer written to {out} encodes the probe text differently")
+    reread = AutoModelForCausalLM.from_pretrained(out, dtype=model.dtype)
+    diff = float((_logits(reread, ids) - _logits(model, ids)).abs().max())
+    if not diff <= LOGITS_ATOL:
+        raise RuntimeError(f"export check failed: logits of the model written to {out} differ from the "
+                           f"checkpoint's by {diff:.3g} (> {LOGITS_ATOL})")
+
+
+def name_base(adapter_config: Path, name: str) -> None:
+    """Name the base model the way the checkpoint does (a hub id, a directory, ``embedded:...``, ``tiny``).
+
+    Edited after ``save_pretrained``: peft looks the name up while saving, and ``tiny`` or
+    ``embedded:...`` are names only entropy_reg resolves.
+    """
+    config = json.loads(adapter_config.read_text("utf-8"))
+    config["base_model_name_or_path"] = name
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
+def verify_adapters(out: Path, model: Any) -> None:
+    """The written adapter tensors must equal the trained ones."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    written = load_file(str(out / "adapter_model.safetensors"))
+    expected = get_peft_model_state_dict(model)
+    if set(written) != set(expected) or any(not torch.equal(written[k], expected[k].cpu()) for k in expected):
+        raise RuntimeError(f"export check failed: the adapter weights written to {out} differ from the checkpoint's")
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, adapters_only: bool = False) -> Path:
+    """Write ``checkpoint`` as a Hugging Face directory ``out`` (see the module docstring); returns ``out``.
+
+    Raises:
+        UserError: bad input (missing or foreign checkpoint, non-empty ``out``, ``adapters_only`` on a
+            full fine-tuning checkpoint); nothing is written then.
+        RuntimeError: the written directory does not reproduce the checkpoint (a bug; nothing is left).
+    """
+    from entropy_reg.lora import is_peft_model
+    from entropy_reg.models import load_checkpoint_model, load_tokenizer
+
+    ckpt, out = Path(checkpoint).expanduser(), Path(out).expanduser()
+    check_out_dir(out)
+    hparams = read_hparams(ckpt)
+    if adapters_only and hparams.get("lora") is None:
+        raise UserError(f"--adapters-only needs a LoRA checkpoint (trained with model.lora=...); {str(ckpt)!r} "
+                        "fine-tuned all weights: export it without --adapters-only")
+    model = load_checkpoint_model(ckpt, merge_lora=not adapters_only).eval()
+    tokenizer = load_tokenizer(str(ckpt))
+    writable = model if adapters_only else serializable(model)
+
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if adapters_only:
+            assert is_peft_model(model)
+            model.save_pretrained(str(tmp))
+            name_base(tmp / "adapter_config.json", str(hparams["model_name_or_path"]))
+            tokenizer.save_pretrained(str(tmp))
+            verify_adapters(tmp, model)
+        else:
+            writable.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            verify_full(tmp, model, tokenizer)  # against the checkpoint's model, not the copy written
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an export is an ordinary directory
+        if out.is_dir():
+            out.rmdir()  # empty (checked above)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # innermost first
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``entropy-reg export``; bad input prints one line and exits 2."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    with exit_on_user_error("entropy-reg export"):
+        out = export_checkpoint(args.checkpoint, args.out, adapters_only=args.adapters_only)
+    kind = "peft adapter directory" if args.adapters_only else "Hugging Face model directory"
+    print(f"exported {args.checkpoint} -> {out} ({kind}: {', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
