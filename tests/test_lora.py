@@ -193,3 +193,23 @@ def test_resume_restores_adapters_and_continues(trained, datamodule, tmp_path):
     t = trainer(tmp_path, max_steps=3)
     t.fit(module, datamodule=datamodule, ckpt_path=str(ckpt))
     assert t.global_step == 3
+
+
+def test_sequence_objectives_train_only_the_adapters(datamodule, tmp_path):
+    from entropy_reg.objectives import RepetitionConsistency, SequenceUnlikelihood
+
+    objectives = [RepetitionConsistency(rate=1.0, max_sentence_tokens=24),
+                  SequenceUnlikelihood(rate=1.0, prefix_length=4, continuation_length=8, ngram=2)]
+    module = CausalLMModule(tiny_config=TINY, lora=LORA, objectives=objectives, learning_rate=1e-2,
+                            lr_schedule="constant")
+    randomize_adapters(module)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    t = Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1,
+                default_root_dir=str(tmp_path))
+    t.fit(module, datamodule=datamodule)
+    logged = {k for k in t.callback_metrics}
+    assert {"train/ditto", "train/seq_ul"} <= logged, logged
+    assert float(t.callback_metrics["train/ditto"]) > 0
+    moved = {n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and all("lora_" in n for n in moved)
