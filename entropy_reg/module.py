@@ -120,6 +120,10 @@ class CausalLMModule(LightningModule):
             (default) fine-tunes all weights. With LoRA only the adapters train, the hidden-state loss
             path still applies, and checkpoints hold only the adapter weights (the base model is
             rebuilt from ``model_name_or_path``); ``entropy-reg compare``/``export`` load them.
+        init_from: a ``.ckpt`` written by this class whose model weights start a *new* run (fresh
+            optimizer, step 0, this run's loss and settings), e.g. regularized fine-tuning of a
+            finished baseline. The model built from ``model_name_or_path``/``tiny_config`` must have
+            the checkpoint's architecture. (``--ckpt_path`` instead resumes the checkpoint's run.)
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class CausalLMModule(LightningModule):
         on_nonfinite: Literal["raise", "skip"] = "raise",
         objectives: list[Objective] | None = None,
         lora: dict[str, Any] | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
@@ -168,6 +173,10 @@ class CausalLMModule(LightningModule):
         self.model, self.tokenizer = load_model_and_tokenizer(
             model_name_or_path, gguf_file=gguf_file, dtype=dtype, tiny_config=tiny_config
         )
+        if init_from is not None:
+            from entropy_reg.models import load_checkpoint_weights
+
+            load_checkpoint_weights(self.model, init_from)  # before LoRA: a full model's weights
         # from_pretrained returns a model in eval mode and Lightning (>= 2.2) keeps submodule modes as
         # they are at fit start: without this, dropout would stay off during fine-tuning.
         self.model.train()

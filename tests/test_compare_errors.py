@@ -1,4 +1,4 @@
-"""Bad inputs to ``entropy-reg compare``: clear message, exit status 2, ``--out`` left as it was."""
+"""Bad inputs to ``entropy-reg compare``: one clear line, exit status 2, no traceback, ``--out`` left as it was (or not created)."""
 
 import json
 
@@ -39,9 +39,11 @@ def out(tmp_path):
 
 def _fails(argv, capsys, *needles):
     with pytest.raises(SystemExit) as exc:
-        main([*argv, "--no-progress", "--max-new-tokens", "4", "--bootstrap", "10"])
+        main(["--no-progress", "--max-new-tokens", "4", "--bootstrap", "10", *argv])  # argv's options win
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # the message is the last line
+    full = capsys.readouterr().err
+    assert "Traceback" not in full
+    err = full.strip().splitlines()[-1]  # the message is the last line
     assert err.startswith("entropy-reg compare: error: "), err
     for needle in needles:
         assert needle in err, err
@@ -133,3 +135,35 @@ def test_bad_decoding_override(paths, out, capsys):
     _fails([paths["a"], paths["a"], "--decoding", "top_p:nucleus=0.9", "--out", str(out)], capsys,
            "--decoding", "nucleus")
     _untouched(out)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needles"),
+    [("--bootstrap", "0", ["--bootstrap must be >= 1, got 0"]),
+     ("--max-heldout", "0", ["--max-heldout must be >= 1", "got 0"]),
+     ("--max-length", "1", ["--max-length must be >= 2", "got 1"])],
+)
+def test_out_of_range_option_names_the_flag_as_typed(paths, out, capsys, option, value, needles):
+    err = _fails([paths["a"], paths["a"], option, value, "--out", str(out)], capsys, *needles)
+    assert "--n-bootstrap" not in err and "pass --heldout" not in err  # not blamed on the text
+    _untouched(out)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_unreadable_checkpoint_names_the_file(paths, out, capsys, tmp_path, damage):
+    good = tmp_path / "good.ckpt"
+    torch.save({"hyper_parameters": {"model_name_or_path": "tiny", "tiny_config": TINY},
+                "state_dict": {f"model.{k}": v for k, v in build_tiny_llama(build_tiny_tokenizer(), **TINY)
+                               .state_dict().items()}}, good)
+    bad = tmp_path / f"{damage}.ckpt"
+    bad.write_bytes(b"" if damage == "empty" else good.read_bytes()[: good.stat().st_size // 2])
+    _fails([paths["a"], str(bad), "--out", str(out)], capsys, "candidate", str(bad),
+           "empty (0 bytes)" if damage == "empty" else "truncated")
+    _untouched(out)
+
+
+def test_failed_compare_creates_no_out_directory(paths, capsys, tmp_path):
+    new_out = tmp_path / "new" / "report"
+    _fails([paths["a"], paths["other"], "--prompts", paths["prompts"], "--out", str(new_out)], capsys,
+           "tokenizer mismatch")
+    assert not (tmp_path / "new").exists()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from entropy_reg import models
+from entropy_reg.errors import UserError
 from entropy_reg.models import (
     load_causal_lm,
     load_checkpoint_model,
@@ -105,7 +106,7 @@ def test_checkpoint_without_model_weights(tmp_path):
 def test_checkpoint_with_wrong_shapes_fails_strictly(tmp_path):
     other = load_causal_lm("tiny", tiny_config={**TINY, "n_layer": 2})
     _fake_checkpoint(tmp_path / "d.ckpt", other, {"model_name_or_path": "tiny", "tiny_config": TINY})
-    with pytest.raises(RuntimeError, match="Unexpected key"):
+    with pytest.raises(UserError, match=r"d\.ckpt' does not fit the model \(unexpected \['model\.layers\.1\."):
         load_checkpoint_model(tmp_path / "d.ckpt")
 
 

@@ -22,9 +22,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from entropy_reg.errors import exit_on_user_error
 from entropy_reg.report.prompts import InputError
-
-EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +95,23 @@ def _pick(pos: str | None, opt: str | None, role: str) -> str:
     return value
 
 
+# Smallest accepted value of each integer option (checked here, so the message names the flag as typed).
+MINIMUMS = {"max_new_tokens": 1, "seeds": 1, "batch_size": 1, "max_heldout": 1, "max_length": 2,
+            "probe_repeats": 1, "probe_sentences": 0, "rep_window": 1, "bootstrap": 1, "max_samples": 0,
+            "threads": 0}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Raise InputError naming the flag (``--bootstrap``, ``--max-length``) of an out-of-range number."""
+    for dest, minimum in MINIMUMS.items():
+        value = getattr(args, dest)
+        if value < minimum:
+            what = {"max_length": "held-out tokens per text (a perplexity needs 2)",
+                    "max_heldout": "held-out texts"}.get(dest, "")
+            raise InputError(f"--{dest.replace('_', '-')} must be >= {minimum}{f' ({what})' if what else ''}, "
+                             f"got {value}")
+
+
 def run(argv: Sequence[str]) -> int:
     """Parse ``argv``, compare, write the report; raises InputError on bad inputs."""
     from entropy_reg.report.compare import CompareConfig, compare_models
@@ -103,6 +119,7 @@ def run(argv: Sequence[str]) -> int:
     from entropy_reg.report.write import write_report
 
     args = build_parser().parse_args(list(argv))
+    check_numbers(args)
     config = CompareConfig(
         baseline=_pick(args.baseline_pos, args.baseline, "baseline"),
         candidate=_pick(args.candidate_pos, args.candidate, "candidate"),
@@ -123,14 +140,10 @@ def run(argv: Sequence[str]) -> int:
         progress=not args.no_progress,
     )
     config.validate()
-    if args.threads < 0:
-        raise InputError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.max_samples < 0:
-        raise InputError(f"--max-samples must be >= 0, got {args.max_samples}")
     out = check_out_dir(args.out)
     t0 = time.perf_counter()
     cmp = compare_models(config)
@@ -149,14 +162,12 @@ def run(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point called by ``entropy_reg.cli.main`` with the arguments after ``compare``.
 
-    Bad inputs raise ``SystemExit(2)`` after printing the reason (like argparse), so the exit status is
-    non-zero however the entry point is wrapped.
+    Bad inputs (any :class:`~entropy_reg.errors.UserError`: options, files, checkpoints) raise
+    ``SystemExit(2)`` after printing the reason in one line (like argparse), so the exit status is
+    non-zero however the entry point is wrapped; a bug keeps its traceback.
     """
-    try:
+    with exit_on_user_error("entropy-reg compare"):
         return run(sys.argv[1:] if argv is None else argv)
-    except InputError as err:
-        print(f"entropy-reg compare: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
 
 
 if __name__ == "__main__":

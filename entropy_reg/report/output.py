@@ -2,7 +2,8 @@
 
 Every file is written to a temporary sibling and renamed into place (``os.replace`` is atomic on one
 file system), and nothing is written before the whole comparison has succeeded: a failed or
-interrupted run never leaves a half-written file or clobbers an earlier report in ``--out``.
+interrupted run never leaves a half-written file, an empty new ``--out`` directory, or a clobbered
+earlier report.
 """
 
 from __future__ import annotations
@@ -18,13 +19,25 @@ from entropy_reg.report.prompts import InputError
 
 
 def check_out_dir(out: str | Path) -> Path:
-    """Create ``out`` if needed and prove it is writable (before hours of generation, not after)."""
+    """Prove ``out`` can be written (before hours of generation, not after) without creating it.
+
+    An existing directory gets a probe file; a missing one needs its nearest existing ancestor to be
+    a writable directory (the directories are made when the report is written, so a failed compare
+    leaves no new empty ``--out`` behind).
+    """
     path = Path(out).expanduser()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        if path.exists():
+            if not path.is_dir():
+                raise NotADirectoryError(20, "not a directory")
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            parent = next(p for p in path.absolute().parents if p.exists())
+            if not parent.is_dir():
+                raise NotADirectoryError(20, f"{str(parent)!r} is not a directory")
+            os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=parent))
     except OSError as err:
         raise InputError(f"output directory {str(path)!r} is not writable: {err.strerror or err}") from None
     return path
@@ -32,6 +45,7 @@ def check_out_dir(out: str | Path) -> Path:
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
     raw = data.encode("utf-8") if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)  # --out is created only once there is a report to write
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

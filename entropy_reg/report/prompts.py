@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from entropy_reg.data import format_prompt
+from entropy_reg.errors import UserError
 from entropy_reg.metrics import split_sentences
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -49,8 +50,8 @@ PROBE_MIN_TOKENS = 6
 PROBE_MAX_TOKENS = 40
 
 
-class InputError(ValueError):
-    """A bad user input (file, name, option); the CLI prints it and exits non-zero."""
+class InputError(UserError):
+    """A bad input of ``entropy-reg compare`` (file, name, option); the CLI prints it and exits 2."""
 
 
 def read_lines_or_jsonl(path: str | Path, keys: tuple[str, ...], what: str) -> list[str]:
