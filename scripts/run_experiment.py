@@ -1,18 +1,28 @@
-"""The experiment, end to end: baseline vs regularized SFT over several seeds, compared, summarised.
+"""The experiment, end to end: plain SFT vs regularized SFT over seeds, compared with the base model.
 
-For every seed it trains each recipe (``entropy-reg fit``), then runs ``entropy-reg compare`` on the
-pair of final checkpoints, and finally reports every metric as mean +- sd over seeds, plus the
-protocol's verdict (DESIGN.md: greedy seq-rep-4 at <= 50% of the baseline at <= 3% higher held-out
-perplexity).
+For every seed it trains the baseline recipe and each candidate recipe (``entropy-reg fit``), then runs
+``entropy-reg compare --baseline SFT --candidate SFT+REG --reference BASE`` per candidate, and finally
+reports every metric as mean +- sd over seeds, whether the testbed shows low-entropy collapse at all,
+and the verdict against the target.
 
-    python scripts/run_experiment.py                           # tiny recipes, seeds 0 1 2 (CPU)
-    python scripts/run_experiment.py --seeds 0 --max-steps 50  # a quick look
-    python scripts/run_experiment.py --baseline recipes/smollm2-135m/baseline.yaml \\
-        --candidate recipes/smollm2-135m/combined.yaml --seeds 0 1 2 --out runs/smollm2
+    python scripts/run_experiment.py                     # the main job: SmolLM2-135M-Instruct, seed 0
+    python scripts/run_experiment.py --model tiny        # tiny Llama recipes, seeds 0 1 2 (CI-scale)
+    python scripts/run_experiment.py --candidate recipes/smollm2-135m/ditto.yaml \\
+        --candidate recipes/smollm2-135m/full.yaml --seeds 0 1 2 --out runs/smollm2-3seeds
 
-Runs that already have a final checkpoint are not trained again (delete their folder to retrain), so
-an interrupted experiment resumes where it stopped and nothing already written is lost. Two trainings
-run side by side by default, each on half of the cores.
+Presets (``--model``): ``smollm2`` trains ``recipes/smollm2-135m/baseline.yaml`` vs ``ditto.yaml`` (DITTO
+repetition consistency) for a short run of 4 x 128-token batches and uses the untouched pretrained model
+as the reference; ``tiny`` trains ``recipes/tiny/baseline.yaml`` vs ``combined.yaml`` (no reference: the
+tiny model starts from random weights). Every option overrides its preset.
+
+Target (issue "show it where collapse lives"), best candidate against plain SFT on every seed: greedy
+seq-rep-4 <= 30% of the baseline's, probe TP(8) <= 0.4, low-entropy-loop ("degenerate") share <= 0.05,
+held-out perplexity <= +3%. A result counts only on a testbed that collapses: the baseline's TP(8) must
+be >= 0.5 with a non-zero low-entropy-loop share, and the summary says when it is not.
+
+Runs that already have a final checkpoint are not trained again, and finished comparisons are not
+repeated (delete their folder to redo them), so an interrupted experiment resumes where it stopped.
+Progress lines (step k/N, loss, time left) of every training are relayed to the terminal.
 """
 
 from __future__ import annotations
@@ -20,17 +30,71 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Target of the regularized recipe against plain SFT (every seed) and the collapse the baseline must show.
+TARGET_REP_RATIO = 0.30
+TARGET_TP = 0.40
+TARGET_LOOP_SHARE = 0.05
+TARGET_PPL_INCREASE = 0.03
+COLLAPSE_MIN_TP = 0.5
 
-def _run(cmd: list[str], log: Path, threads: int) -> None:
+
+@dataclass
+class Preset:
+    baseline: str
+    candidates: list[str]
+    reference: str | None
+    seeds: list[int]
+    out: str
+    fit_args: list[str] = field(default_factory=list)
+    compare_args: list[str] = field(default_factory=list)
+
+
+PRESETS = {
+    "smollm2": Preset(
+        baseline="recipes/smollm2-135m/baseline.yaml",
+        candidates=["recipes/smollm2-135m/ditto.yaml"],
+        reference="embedded:smollm2-135m-instruct",
+        seeds=[0],
+        out="runs/main/smollm2",
+        # 40 optimizer steps of 4 x 128 tokens; held-out metrics come from compare, so no validation loop.
+        fit_args=["--trainer.max_steps=40", "--data.init_args.batch_size=4", "--data.init_args.max_length=128",
+                  "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=5"],
+        compare_args=["--max-new-tokens=64", "--seeds=1", "--max-heldout=48", "--max-length=128",
+                      "--probe-sentences=8", "--no-progress"],
+    ),
+    "tiny": Preset(
+        baseline="recipes/tiny/baseline.yaml",
+        candidates=["recipes/tiny/combined.yaml"],
+        reference=None,
+        seeds=[0, 1, 2],
+        out="runs/main/tiny",
+        compare_args=["--no-progress"],
+    ),
+}
+
+_PROGRESS_LINE = re.compile(r"^\[[^\]]*\] step \d+")
+_print_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
+
+
+def _run(cmd: list[str], log: Path, threads: int, relay: bool = False) -> None:
+    """Run ``cmd`` with its output in ``log``; progress lines are also relayed to the terminal."""
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "offline")
     env.setdefault("WANDB_SILENT", "true")
@@ -40,10 +104,16 @@ def _run(cmd: list[str], log: Path, threads: int) -> None:
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+        for line in proc.stdout:
+            f.write(line)
+            if relay and _PROGRESS_LINE.match(line):
+                say("    " + line.rstrip())
+        returncode = proc.wait()
+    if returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
-        raise SystemExit(f"command failed (exit {proc.returncode}): {' '.join(cmd)}\n--- last lines of {log} ---\n{tail}")
+        raise SystemExit(f"command failed (exit {returncode}): {' '.join(cmd)}\n--- last lines of {log} ---\n{tail}")
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:
@@ -51,138 +121,232 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def train(recipe: Path, seed: int, out: Path, max_steps: int | None, extra: list[str], threads: int) -> Path:
+def _rel(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def train(recipe: Path, seed: int, out: Path, extra: list[str], threads: int) -> Path:
     run_dir = out / recipe.stem / f"seed{seed}"
     done = run_dir / "DONE"
     ckpt = _last_checkpoint(run_dir)
     if done.exists() and ckpt is not None:
-        print(f"  {recipe.stem} seed {seed}: already trained ({ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt})", flush=True)
+        say(f"  {recipe.stem} seed {seed}: already trained ({_rel(ckpt)})")
         return ckpt
+    name = f"{recipe.parent.name}-{recipe.stem}-seed{seed}"
     cmd = [sys.executable, "-m", "entropy_reg", "fit", "--config", str(recipe), "--seed_everything", str(seed),
            "--data.init_args.seed", str(seed), "--trainer.logger.init_args.save_dir", str(run_dir),
-           "--trainer.logger.init_args.name", f"{recipe.parent.name}-{recipe.stem}-seed{seed}",
-           "--trainer.enable_progress_bar", "false"]
-    if max_steps is not None:
-        cmd += ["--trainer.max_steps", str(max_steps)]
-    cmd += extra
+           "--trainer.logger.init_args.name", name, "--trainer.enable_progress_bar", "false", *extra,
+           "--trainer.callbacks+=entropy_reg.callbacks.ProgressLog"]
     t0 = time.perf_counter()
-    print(f"  {recipe.stem} seed {seed}: training ... (log: {run_dir / 'fit.log'})", flush=True)
-    _run(cmd, run_dir / "fit.log", threads)
+    say(f"  {recipe.stem} seed {seed}: training ... (log: {_rel(run_dir / 'fit.log')})")
+    _run(cmd, run_dir / "fit.log", threads, relay=True)
     ckpt = _last_checkpoint(run_dir)
     if ckpt is None:
         raise SystemExit(f"{recipe} seed {seed}: training finished but wrote no last.ckpt under {run_dir}")
     done.write_text(str(ckpt))
-    print(f"  {recipe.stem} seed {seed}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    say(f"  {recipe.stem} seed {seed}: trained in {time.perf_counter() - t0:.0f} s")
     return ckpt
 
 
-def compare(baseline: Path, candidate: Path, out_dir: Path, compare_args: list[str], threads: int) -> dict:
+def compare(baseline: Path, candidate: Path, reference: str | None, out_dir: Path, compare_args: list[str],
+            threads: int) -> dict:
     metrics = out_dir / "metrics.json"
     if not metrics.exists():
         cmd = [sys.executable, "-m", "entropy_reg", "compare", "--baseline", str(baseline), "--candidate",
-               str(candidate), "--out", str(out_dir), *compare_args]
+               str(candidate), "--out", str(out_dir), f"--threads={threads}", *compare_args]
+        if reference:
+            cmd += ["--reference", reference]
         t0 = time.perf_counter()
+        say(f"  compare {_rel(out_dir)}: generating and scoring ... (log: {_rel(out_dir.parent / (out_dir.name + '.log'))})")
         _run(cmd, out_dir.parent / f"{out_dir.name}.log", threads)
-        print(f"  compare {out_dir.name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        say(f"  compare {_rel(out_dir)}: {time.perf_counter() - t0:.0f} s")
     return json.loads(metrics.read_text())
 
 
+# -------------------------------------------------------------------------------------------------
+# Summary
+# -------------------------------------------------------------------------------------------------
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     if len(values) == 1:
         return values[0], 0.0
     return statistics.fmean(values), statistics.stdev(values)
 
 
-def summarise(per_seed: dict[int, dict], names: tuple[str, str]) -> tuple[str, dict]:
-    """Mean +- sd over seeds of every row that all seeds have."""
-    seeds = sorted(per_seed)
-    rows: dict[tuple[str, str], dict] = {}
-    for seed in seeds:
-        for row in per_seed[seed]["rows"]:
-            key = (row["section"], row["key"])
-            entry = rows.setdefault(key, {"label": row["label"], "variant": row["variant"], "baseline": [], "candidate": []})
-            entry["baseline"].append(row["baseline"])
-            entry["candidate"].append(row["candidate"])
-    base_name, cand_name = names
-    lines = [
-        f"| metric | variant | {base_name} (mean ± sd) | {cand_name} (mean ± sd) | change |",
-        "|---|---|---|---|---|",
-    ]
-    summary: dict[str, dict] = {}
-    for (section, key), entry in rows.items():
-        if len(entry["baseline"]) != len(seeds) or any(v is None for v in entry["baseline"] + entry["candidate"]):
+def _fmt(values: list[float]) -> str:
+    mean, sd = _mean_sd(values)
+    return f"{mean:.4g}" if len(values) == 1 else f"{mean:.4g} ± {sd:.2g}"
+
+
+def row_values(metrics: dict, section_prefix: str, key: str, role: str) -> float | None:
+    """The value of ``role`` (baseline/candidate/reference) of the first row whose section starts with
+    ``section_prefix`` and whose key is ``key`` in one compare's metrics.json."""
+    for row in metrics["rows"]:
+        if row["section"].startswith(section_prefix) and row["key"] == key:
+            value = row.get(role)
+            return None if value is None else float(value)
+    return None
+
+
+def summarise(results: dict[str, dict[int, dict]], seeds: list[int], baseline_name: str,
+              has_reference: bool) -> str:
+    """Markdown table: every row of the compare reports, mean (± sd) over seeds, one column per model."""
+    first = next(iter(results.values()))[seeds[0]]
+    names = list(results)
+    head = (["reference"] if has_reference else []) + [baseline_name] + names
+    lines = ["| metric | variant | " + " | ".join(head) + " | " + " | ".join(f"{n} vs {baseline_name}" for n in names) + " |",
+             "|---|---|" + "---|" * (len(head) + len(names))]
+    for row in first["rows"]:
+        section, key = row["section"], row["key"]
+        cells, changes = [], []
+        roles = (["reference"] if has_reference else []) + ["baseline"]
+        anchor = results[names[0]]
+        ok = True
+        for role in roles:
+            vals = [row_values(anchor[s], section, key, role) for s in seeds]
+            if any(v is None for v in vals):
+                ok = False
+                break
+            cells.append(_fmt(vals))
+        if not ok:
             continue
-        b, bs = _mean_sd(entry["baseline"])
-        c, cs = _mean_sd(entry["candidate"])
-        rel = f"{100 * (c - b) / abs(b):+.1f}%" if b else "n/a"
-        lines.append(f"| {section} {entry['label']} | {entry['variant']} | {b:.4g} ± {bs:.2g} | {c:.4g} ± {cs:.2g} | {rel} |")
-        summary[f"{section}/{key}"] = {"baseline_mean": b, "baseline_sd": bs, "candidate_mean": c, "candidate_sd": cs,
-                                       "baseline": entry["baseline"], "candidate": entry["candidate"]}
-    return "\n".join(lines), summary
+        base_mean = _mean_sd([row_values(anchor[s], section, key, "baseline") for s in seeds])[0]
+        for name in names:
+            vals = [row_values(results[name][s], section, key, "candidate") for s in seeds]
+            if any(v is None for v in vals):
+                cells.append("n/a")
+                changes.append("n/a")
+                continue
+            cells.append(_fmt(vals))
+            mean = _mean_sd(vals)[0]
+            changes.append(f"{100 * (mean - base_mean) / abs(base_mean):+.1f}%" if base_mean else "n/a")
+        lines.append(f"| {section}: {row['label']} | {row['variant']} | " + " | ".join(cells + changes) + " |")
+    return "\n".join(lines)
 
 
-def verdict(summary: dict, per_seed: dict[int, dict]) -> str:
-    rep = next((v for k, v in summary.items() if k.split("/", 1)[0].startswith("greedy") and k.endswith("seq_rep_4")), None)
-    ppl = {role: [per_seed[s]["heldout"][role]["perplexity"] for s in sorted(per_seed)] for role in ("baseline", "candidate")}
-    pb, pc = statistics.fmean(ppl["baseline"]), statistics.fmean(ppl["candidate"])
-    parts = [f"held-out perplexity: baseline {pb:.3f}, candidate {pc:.3f} ({100 * (pc - pb) / pb:+.2f}%)"]
-    if rep is not None and rep["baseline_mean"] > 0:
-        ratio = rep["candidate_mean"] / rep["baseline_mean"]
-        ok = ratio <= 0.5 and (pc - pb) / pb <= 0.03
-        parts.append(f"greedy seq-rep-4: candidate/baseline = {ratio:.2f}")
-        parts.append("TARGET MET (<= 0.50 at <= +3% ppl)" if ok else "target NOT met (wanted <= 0.50 at <= +3% ppl)")
-    return "; ".join(parts)
+def _probe_tp(metrics: dict, role: str) -> float | None:
+    return row_values(metrics, "self-reinforcement probe", "tp_N", role)
+
+
+def collapse_check(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[bool, str]:
+    """Does the plain-SFT baseline show low-entropy collapse (TP(8) >= 0.5, some greedy low-entropy loops)?"""
+    anchor = next(iter(results.values()))
+    tps = [_probe_tp(anchor[s], "baseline") for s in seeds]
+    loops = [row_values(anchor[s], "greedy", "degenerate_share", "baseline") for s in seeds]
+    if any(v is None for v in tps + loops):
+        return False, "collapse check: the reports lack the probe or the greedy degenerate share"
+    ok = all(t >= COLLAPSE_MIN_TP for t in tps) and all(v > 0 for v in loops)
+    desc = (f"baseline probe TP(N) {', '.join(f'{t:.2f}' for t in tps)}; greedy low-entropy-loop share "
+            f"{', '.join(f'{v:.3f}' for v in loops)} (seeds {seeds})")
+    if ok:
+        return True, f"the testbed collapses: {desc}"
+    return False, (f"THE TESTBED DOES NOT SHOW LOW-ENTROPY COLLAPSE ({desc}; wanted TP >= {COLLAPSE_MIN_TP} and a "
+                   "non-zero loop share): the numbers below measure something else")
+
+
+def verdict(name: str, per_seed: dict[int, dict], seeds: list[int]) -> tuple[bool, str]:
+    """Target check of one candidate against plain SFT on every seed."""
+    parts, met = [], True
+    for seed in seeds:
+        m = per_seed[seed]
+        rep_b = row_values(m, "greedy", "seq_rep_4", "baseline")
+        rep_c = row_values(m, "greedy", "seq_rep_4", "candidate")
+        tp = _probe_tp(m, "candidate")
+        loop = row_values(m, "greedy", "degenerate_share", "candidate")
+        ppl_b = m["heldout"]["baseline"]["perplexity"]
+        ppl_c = m["heldout"]["candidate"]["perplexity"]
+        ratio = rep_c / rep_b if rep_b else float("inf")
+        dppl = (ppl_c - ppl_b) / ppl_b
+        checks = [ratio <= TARGET_REP_RATIO, tp is not None and tp <= TARGET_TP,
+                  loop is not None and loop <= TARGET_LOOP_SHARE, dppl <= TARGET_PPL_INCREASE]
+        met &= all(checks)
+        marks = ["ok" if c else "MISSED" for c in checks]
+        tp_s = "n/a" if tp is None else f"{tp:.2f}"
+        loop_s = "n/a" if loop is None else f"{loop:.3f}"
+        parts.append(f"seed {seed}: seq-rep-4 ratio {ratio:.2f} ({marks[0]}), TP(N) {tp_s} ({marks[1]}), "
+                     f"loop share {loop_s} ({marks[2]}), ppl {100 * dppl:+.1f}% ({marks[3]})")
+    head = f"{name}: TARGET MET on every seed" if met else f"{name}: target not met"
+    return met, head + " — " + "; ".join(parts)
+
+
+TARGET_TEXT = (f"target vs plain SFT, every seed: greedy seq-rep-4 <= {TARGET_REP_RATIO:.0%} of the baseline, "
+               f"probe TP(N) <= {TARGET_TP}, low-entropy-loop share <= {TARGET_LOOP_SHARE}, held-out perplexity "
+               f"<= +{TARGET_PPL_INCREASE:.0%}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", type=Path, default=ROOT / "recipes/tiny/baseline.yaml")
-    ap.add_argument("--candidate", type=Path, default=ROOT / "recipes/tiny/combined.yaml")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=ROOT / "runs/experiment")
-    ap.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of both recipes")
+    ap.add_argument("--model", choices=sorted(PRESETS), default="smollm2", help="preset (default %(default)s)")
+    ap.add_argument("--baseline", type=Path, help="plain-SFT recipe (default: the preset's)")
+    ap.add_argument("--candidate", type=Path, action="append", help="regularized recipe; repeat for several")
+    ap.add_argument("--reference", help="model before fine-tuning for compare --reference; 'none' for no reference")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of every recipe")
     ap.add_argument("--parallel", type=int, default=2, help="trainings run side by side")
-    ap.add_argument("--fit-arg", action="append", default=[], help="extra override for both fits, e.g. --fit-arg=--trainer.limit_val_batches=5")
-    ap.add_argument("--compare-arg", action="append", default=[], help="extra argument for compare, e.g. --compare-arg=--max-new-tokens=64")
+    ap.add_argument("--fit-arg", action="append", default=[],
+                    help="extra override for every fit, e.g. --fit-arg=--trainer.max_steps=20")
+    ap.add_argument("--compare-arg", action="append", default=[],
+                    help="extra argument for compare, e.g. --compare-arg=--max-new-tokens=32")
     args = ap.parse_args(argv)
-    for recipe in (args.baseline, args.candidate):
+    preset = PRESETS[args.model]
+    baseline = (args.baseline or ROOT / preset.baseline).resolve()
+    candidates = [c.resolve() for c in (args.candidate or [ROOT / c for c in preset.candidates])]
+    reference = preset.reference if args.reference is None else (None if args.reference == "none" else args.reference)
+    seeds = args.seeds or preset.seeds
+    out = (args.out or ROOT / preset.out).resolve()
+    for recipe in (baseline, *candidates):
         if not recipe.is_file():
             ap.error(f"recipe not found: {recipe}")
+    if len({c.stem for c in candidates} | {baseline.stem}) != len(candidates) + 1:
+        ap.error("baseline and candidate recipes need distinct file names (their runs are named after them)")
     if args.parallel < 1:
         ap.error("--parallel must be >= 1")
-    out = args.out.resolve()
+    fit_args = preset.fit_args + ([f"--trainer.max_steps={args.max_steps}"] if args.max_steps else []) + args.fit_arg
+    compare_args = preset.compare_args + args.compare_arg
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.parallel)
     t0 = time.perf_counter()
-    print(f"experiment: {args.baseline.name} vs {args.candidate.name}, seeds {args.seeds}, out {out}", flush=True)
-    jobs = [(recipe, seed) for seed in args.seeds for recipe in (args.baseline, args.candidate)]
+    say(f"experiment ({args.model}): {baseline.stem} vs {', '.join(c.stem for c in candidates)}, seeds {seeds}"
+        f"{', reference ' + reference if reference else ''}; out {_rel(out)}")
+    jobs = [(recipe, seed) for seed in seeds for recipe in (baseline, *candidates)]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {job: pool.submit(train, job[0].resolve(), job[1], out, args.max_steps, args.fit_arg, threads) for job in jobs}
+        futures = {job: pool.submit(train, job[0], job[1], out, fit_args, threads) for job in jobs}
         ckpts = {job: f.result() for job, f in futures.items()}
-    per_seed: dict[int, dict] = {}
+    say(f"  trainings done after {time.perf_counter() - t0:.0f} s; comparing")
+    results: dict[str, dict[int, dict]] = {c.stem: {} for c in candidates}
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {
-            seed: pool.submit(compare, ckpts[(args.baseline, seed)], ckpts[(args.candidate, seed)],
-                              out / "compare" / f"seed{seed}", args.compare_arg, threads)
-            for seed in args.seeds
+            (c.stem, seed): pool.submit(compare, ckpts[(baseline, seed)], ckpts[(c, seed)], reference,
+                                        out / "compare" / c.stem / f"seed{seed}", compare_args, threads)
+            for c in candidates for seed in seeds
         }
-        per_seed = {seed: f.result() for seed, f in futures.items()}
-    table, summary = summarise(per_seed, (args.baseline.stem, args.candidate.stem))
-    line = verdict(summary, per_seed)
-    text = (f"# {args.baseline.stem} vs {args.candidate.stem}: mean ± sd over seeds {args.seeds}\n\n"
-            f"Command: `python scripts/run_experiment.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-            f"{table}\n\n**{line}**\n\nPer-seed reports: " +
-            ", ".join(f"`{(out / 'compare' / f'seed{s}' / 'report.html')}`" for s in args.seeds) + "\n")
+        for (name, seed), f in futures.items():
+            results[name][seed] = f.result()
+    table = summarise(results, seeds, baseline.stem, reference is not None)
+    collapsed, collapse_line = collapse_check(results, seeds)
+    verdicts = [verdict(name, per_seed, seeds)[1] for name, per_seed in results.items()]
+    reports = [out / "compare" / c.stem / f"seed{s}" / "report.html" for c in candidates for s in seeds]
+    elapsed = time.perf_counter() - t0
+    command = "python scripts/run_experiment.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = (f"# {baseline.stem} vs {', '.join(results)}: seeds {seeds}\n\nCommand: `{command.strip()}` "
+            f"({elapsed:.0f} s)\n\n{collapse_line}\n\n{table}\n\n{TARGET_TEXT}\n\n"
+            + "\n".join(f"- **{v}**" for v in verdicts)
+            + "\n\nReports: " + ", ".join(f"`{_rel(r)}`" for r in reports) + "\n")
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "metrics": summary, "verdict": line}, indent=2))
-    print()
-    print(table)
-    print()
-    print(line)
-    print(f"\nsummary: {out / 'summary.md'}")
-    print(f"report (seed {args.seeds[0]}): {out / 'compare' / f'seed{args.seeds[0]}' / 'report.html'}")
-    print(f"total time: {time.perf_counter() - t0:.0f} s")
+    (out / "summary.json").write_text(json.dumps(
+        {"seeds": seeds, "collapsed": collapsed, "collapse": collapse_line, "verdicts": verdicts,
+         "per_seed": {name: {str(s): m for s, m in per.items()} for name, per in results.items()}}, indent=1))
+    say("")
+    say(table)
+    say("")
+    say(collapse_line)
+    say(TARGET_TEXT)
+    for v in verdicts:
+        say("  " + v)
+    say(f"\nsummary: {_rel(out / 'summary.md')}")
+    say("reports: " + ", ".join(str(_rel(r)) for r in reports))
+    say(f"total time: {elapsed:.0f} s")
     return 0
 
 
