@@ -388,7 +388,9 @@ class CausalLMModule(LightningModule):
         total = float(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0.0
         cosine = self.hparams.lr_schedule == "cosine"
         if cosine and (total <= 0 or not math.isfinite(total)):
-            raise ValueError(
+            from entropy_reg.errors import UserError
+
+            raise UserError(
                 "CausalLMModule: lr_schedule='cosine' needs a finite number of steps (set trainer.max_steps "
                 "or max_epochs), or use lr_schedule='constant'"
             )

@@ -151,3 +151,8 @@ def test_shell_user_sees_one_line_and_exit_2(tmp_path, fast):
     assert out.stderr.strip().splitlines()[-1] == (
         "entropy-reg: error: invalid configuration: CausalLMModule: learning_rate must be a finite number > 0, "
         "got -1.0 (fix it in the --config file or on the command line)")
+
+
+def test_setting_found_wrong_during_fit_is_a_user_error(capsys, fast):
+    line = fit_fails(capsys, *fast, "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1")
+    assert "lr_schedule='cosine' needs a finite number of steps" in line
