@@ -19,6 +19,12 @@ Before any logger starts, W&B is switched to offline mode if no API key is confi
 :func:`entropy_reg.logging_utils.configure_wandb_env`); if ``wandb`` cannot be imported, a
 ``WandbLogger`` in the config is replaced by a ``CSVLogger`` in the same ``save_dir``. An unnamed
 ``WandbLogger`` is named after the recipe file (``recipes/tiny/combined.yaml`` -> ``tiny-combined``).
+
+Errors: a user error (a value a constructor rejects, a bad data file, an unreadable checkpoint, an
+unwritable directory: any :class:`~entropy_reg.errors.UserError`) prints one ``entropy-reg: error:``
+line and exits 2; anything else is a bug and keeps its traceback (exit 1). ``--ckpt_path`` resumes
+the checkpoint's run and refuses model/data settings that differ from it (:mod:`entropy_reg.resume`);
+``--model.init_from CKPT`` starts a new run from its weights.
 """
 
 from __future__ import annotations
