@@ -19,6 +19,7 @@ the checkpoint's own dtype, which for many hub models is bfloat16: a poor defaul
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import os
@@ -109,14 +110,40 @@ def _hub_error(name: str, exc: Exception) -> OSError:
     )
 
 
+@contextlib.contextmanager
+def gguf_progress_follows_hf_switch():
+    """Silence transformers' GGUF conversion bars when its progress bars are switched off.
+
+    ``modeling_gguf_pytorch_utils`` draws its own ``tqdm`` ("Converting and de-quantizing GGUF
+    tensors...") outside ``transformers.utils.logging``'s progress switch, so ``--no-progress`` (and
+    ``compare``'s quiet loading) would still print it.
+    """
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _from_pretrained(cls, name_or_path: str, gguf_file: str | None, **kwargs):
     is_local = Path(name_or_path).expanduser().exists()
+    quiet = contextlib.nullcontext()
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
+        quiet = gguf_progress_follows_hf_switch()
     try:
-        return cls.from_pretrained(
-            str(Path(name_or_path).expanduser()) if is_local else name_or_path, **kwargs
-        )
+        with quiet:
+            return cls.from_pretrained(
+                str(Path(name_or_path).expanduser()) if is_local else name_or_path, **kwargs
+            )
     except OSError as exc:
         if is_local:
             raise

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default). On a small shared CPU box 1 can be "
                    "~10x faster than oversubscribed threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (model loading, GGUF conversion included, is always quiet)")
     return p
 
 
