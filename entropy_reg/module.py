@@ -15,8 +15,8 @@ from torch import Tensor
 
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
-from entropy_reg.objectives import Objective, ObjectiveRunner
 from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
+from entropy_reg.objectives import Objective, ObjectiveRunner
 
 # Config attributes of HF models whose logits are not `lm_head(hidden)`: for those, the hidden-state
 # path would silently compute a different loss, so they take the logits path.
@@ -263,13 +263,14 @@ class CausalLMModule(LightningModule):
             loss = out.loss
             if not torch.isfinite(loss.detach()).item():
                 raise FloatingPointError(f"EntropyRegularizedLoss returned a non-finite loss ({loss.item()})")
-            objectives = self._objectives_loss(batch)
-            if objectives is not None:
-                loss = loss + objectives
-                if not torch.isfinite(loss.detach()).item():
-                    raise FloatingPointError(f"the objectives returned a non-finite loss ({objectives.item()})")
         except FloatingPointError as exc:
             error = exc
+        # Every rank runs the objectives whatever its own loss did: they join collectives.
+        objectives = self._objectives_loss(batch)
+        if objectives is not None and error is None:
+            loss = loss + objectives
+            if not torch.isfinite(loss.detach()).item():
+                error = FloatingPointError(f"the objectives returned a non-finite loss ({objectives.item()})")
         if nonfinite_on_any_rank(error is not None, self._trainer, self.device):
             return self._handle_nonfinite(error, batch_idx)
         self._train_stats.update(out.sums, out.count)
@@ -284,13 +285,10 @@ class CausalLMModule(LightningModule):
         if not self._objectives:
             return None
         trainer = self._trainer
-        world_size = trainer.world_size if trainer is not None else 1
-        if trainer is not None:
-            self._objectives.check_strategy(type(trainer.strategy).__name__)
-        reduce_sum = (lambda t: trainer.strategy.reduce(t.to(self.device), reduce_op="sum")) if world_size > 1 else None
         return self._objectives(
             self.model, batch, step=trainer.global_step if trainer is not None else 0, scale=self.loss_fn.scale,
-            reduce_sum=reduce_sum, world_size=world_size, hidden_path=self._hidden_path_blocker() is None,
+            strategy=trainer.strategy if trainer is not None else None,
+            hidden_path=self._hidden_path_blocker() is None,
         )
 
     def _log_train_window(self, final: bool = False) -> None:

@@ -13,5 +13,6 @@ def test_readme_callback_example_runs(capsys):
     namespace: dict = {}
     exec(compile(match.group(1), str(README), "exec"), namespace)
     printed = capsys.readouterr().out
-    for key in ("train/entropy", "train/tail_mass", "train/copy_mass", "train/tail_mass_floor", "train/anti_copy"):
+    for key in ("train/entropy", "train/tail_mass", "train/copy_mass", "train/tail_mass_floor", "train/anti_copy",
+                "train/seq_ul/marked_share"):
         assert key in printed, key

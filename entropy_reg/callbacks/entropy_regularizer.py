@@ -23,11 +23,12 @@ from entropy_reg.hf_call import (
     plain_ce_blocker,
     with_loss,
 )
-from entropy_reg.hf_utils import find_causal_lm
+from entropy_reg.hf_utils import find_causal_lm, find_tokenizer
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.losses.loss import LossOutput
 from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
+from entropy_reg.objectives import Objective, ObjectiveRunner
 
 _PROG_BAR_KEYS = ("loss", "ce", "reg_loss", "entropy", "tail_mass", "copy_mass", "reg_scale")
 
@@ -121,6 +122,12 @@ class EntropyRegularizer(Callback):
             of a flag per step), so all raise or all skip.
         one_pass: False always takes the additive path (the model's own loss + regularizers).
         hidden_path: True takes the hidden-state path where the contract above allows it.
+        objectives: sequence-level objectives (:mod:`entropy_reg.objectives`): each builds its own
+            batch from the captured ``input_ids``/``labels``/``attention_mask`` of the causal LM call
+            and runs it through that causal LM; ``loss.scale * weight * loss`` is added to the loss
+            your step returns on the steps it runs. Logged as ``train/<name>`` and
+            ``train/<name>/<stat>`` (``train/loss`` excludes them). A tokenizer is looked up on your
+            module or datamodule (``tokenizer`` attribute) for the sentence ends.
 
     Example::
 
@@ -139,6 +146,7 @@ class EntropyRegularizer(Callback):
         on_nonfinite: str = "raise",
         one_pass: bool = True,
         hidden_path: bool = False,
+        objectives: list[Objective] | None = None,
     ) -> None:
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"EntropyRegularizer: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
@@ -176,6 +184,7 @@ class EntropyRegularizer(Callback):
         self.on_nonfinite = on_nonfinite
         self.one_pass = one_pass
         self.hidden_path = hidden_path
+        self._objectives = ObjectiveRunner(objectives, "EntropyRegularizer")
         self.nonfinite_skipped = 0
         self._drop_next_update = False
         self._window = StatsWindow("train/", prog_bar, log_every_n_steps)
@@ -208,6 +217,8 @@ class EntropyRegularizer(Callback):
             )
         name, model = find_causal_lm(pl_module, self.model_attr)
         self._detach()  # a second fit() on the same trainer: never stack two wrappers
+        if self._objectives:
+            self._objectives.setup(find_tokenizer(pl_module, trainer))
         self._lm = model
         self._call_args = CallArgs(model)
         self._one_pass_blocker = (
@@ -394,6 +405,11 @@ class EntropyRegularizer(Callback):
                     raise FloatingPointError(f"non-finite loss {total.item()} (CE + regularizers, your terms)")
             except FloatingPointError as exc:
                 error = exc
+        # Objectives (own batch from the captured inputs, same causal LM) run on every rank whatever
+        # its own loss did: they join collectives.
+        extra = self._objectives_loss(trainer, call)
+        if extra is not None and error is None and not torch.isfinite(extra.detach()).item():
+            error = FloatingPointError(f"non-finite loss {extra.item()} from the objectives")
         if nonfinite_on_any_rank(error is not None, trainer, user_loss.device):
             return self._handle_nonfinite(trainer, error, args)
 
@@ -406,11 +422,21 @@ class EntropyRegularizer(Callback):
         self._window.update(sums, count)
         self._log_window(trainer)
 
+        if extra is not None:
+            total = total + extra.to(total.dtype)
         if total is user_loss:
             return result
         if isinstance(result, Tensor):
             return total
         return {**result, "loss": total}
+
+    def _objectives_loss(self, trainer: Trainer, call: dict[str, Any]) -> Tensor | None:
+        if not self._objectives:
+            return None
+        batch = {k: call[k] for k in ("input_ids", "attention_mask", "labels")}
+        return self._objectives(
+            self._lm, batch, step=trainer.global_step, scale=self.loss.scale, strategy=trainer.strategy
+        )
 
     def _log_window(self, trainer: Trainer, final: bool = False) -> None:
         # Once per training_step on every rank (skipped steps included): the cadence decides who
@@ -418,6 +444,8 @@ class EntropyRegularizer(Callback):
         if self._window.has_open_window() if final else self._window.step_is_log_step(trainer):
             metrics = self._window.reduce(trainer.strategy)
             metrics["train/reg_scale"] = torch.tensor(self.last_scale)
+            if self._objectives:
+                metrics.update(self._objectives.stats.reduce(trainer.strategy))
             if self.nonfinite_skipped:
                 metrics["train/nonfinite_skipped"] = torch.tensor(float(self.nonfinite_skipped))
             self._window.log(trainer, self._module, metrics, final=final)
@@ -516,6 +544,7 @@ class EntropyRegularizer(Callback):
             "last_step": self.last_step,
             "window": self._window.state_dict(),
             "nonfinite_skipped": self.nonfinite_skipped,
+            "objectives": self._objectives.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -533,6 +562,7 @@ class EntropyRegularizer(Callback):
         self.last_scale = float(state_dict.get("last_scale", self.last_scale))
         self.last_step = state_dict.get("last_step")
         self.nonfinite_skipped = int(state_dict.get("nonfinite_skipped", 0))
+        self._objectives.load_state_dict(state_dict.get("objectives") or {})
         if "window" in state_dict:
             self._window.load_state_dict(state_dict["window"])
         # Without a schedule the scale is otherwise untouched; restore it so the first resumed step

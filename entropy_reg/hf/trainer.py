@@ -69,6 +69,7 @@ class _LossMetricsCallback(TrainerCallback):
         self.loss_fn.train_stats.reset()
 
     def on_step_begin(self, args, state, control, **kwargs):
+        self.loss_fn.step = state.global_step  # objectives draw `rate` per optimizer step
         if self.loss_fn.schedule is not None:
             self.loss_fn.loss.scale = self.loss_fn.schedule(state.global_step)
 
@@ -91,6 +92,8 @@ class _LossMetricsCallback(TrainerCallback):
             metrics = {k: float(v) for k, v in means.items() if k != "loss"}
             metrics["reg_loss"] = float(means["loss"]) - metrics["ce"]
             metrics["reg_scale"] = float(self.loss_fn.loss.scale)
+            if self.loss_fn.objectives:  # sequence-level objectives: <name>, <name>/<stat>
+                metrics.update({k: float(v) for k, v in self.loss_fn.objectives.stats.reduce(_DistSum()).items()})
         elif (prefix := _eval_prefix(logs)) is not None:
             means = self.loss_fn.eval_stats.reduce(_DistSum())
             metrics = {f"{prefix}_{k}": float(v) for k, v in means.items() if k != "loss"}

@@ -33,6 +33,7 @@ from torch import Tensor
 from entropy_reg.callbacks.schedule import CoefficientSchedule
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
+from entropy_reg.objectives import Objective, ObjectiveRunner
 
 # `Trainer(compute_loss_func=...)` and `num_items_in_batch` arrived in transformers 4.46 (PR #34198).
 MIN_TRANSFORMERS = "4.46"
@@ -85,13 +86,26 @@ class EntropyRegularizedTrainerLoss:
             no loss when ``compute_loss_func`` is set).
         schedule: sets ``loss.scale`` from ``state.global_step`` at every step begin (applied by the
             callback that ``attach`` installs); None leaves ``loss.scale`` as it is.
+        objectives: sequence-level objectives (:mod:`entropy_reg.objectives`), run on training
+            micro-batches only: each builds its own batch from the captured ``input_ids`` /
+            ``attention_mask`` and ``labels`` and runs it through the hooked model; ``loss.scale *
+            weight * loss`` is added, weighted by the micro-batch's share of ``num_items_in_batch``
+            (so gradient accumulation and the Trainer's token averaging across devices give the
+            token-weighted mean of the micro-batches' objective losses). ``rate`` is drawn per
+            optimizer step (``state.global_step``, set by ``attach``'s callback). Logged as
+            ``<name>`` and ``<name>/<stat>`` in the training logs (W&B: ``train/<name>``).
 
     Attributes:
         train_stats, eval_stats: windows of summed statistics since the last log (flushed by ``attach``'s
             callback; read them yourself with ``.reduce()`` when you use the loss without it).
     """
 
-    def __init__(self, loss: EntropyRegularizedLoss, schedule: CoefficientSchedule | None = None) -> None:
+    def __init__(
+        self,
+        loss: EntropyRegularizedLoss,
+        schedule: CoefficientSchedule | None = None,
+        objectives: list[Objective] | None = None,
+    ) -> None:
         require_compute_loss_func()
         if not isinstance(loss, EntropyRegularizedLoss):
             raise TypeError(
@@ -111,6 +125,8 @@ class EntropyRegularizedTrainerLoss:
         self.schedule = schedule
         self.train_stats = StatsWindow(prefix="", prog_bar=())
         self.eval_stats = StatsWindow(prefix="", prog_bar=())
+        self.objectives = ObjectiveRunner(objectives, "EntropyRegularizedTrainerLoss", prefix="")
+        self.step = 0  # the optimizer step, kept by attach()'s callback (rate draws)
         self._captured: _Captured | None = None
         self._hook: Any = None
         self._hooked_model: torch.nn.Module | None = None
@@ -200,6 +216,15 @@ class EntropyRegularizedTrainerLoss:
             num_tokens=self._num_tokens(num_items_in_batch),
         )
         (self.train_stats if captured.training else self.eval_stats).update(out.sums, out.count)
+        if captured.training and self.objectives:
+            batch = {"input_ids": captured.input_ids, "attention_mask": captured.attention_mask, "labels": labels}
+            extra = self.objectives(self._hooked_model, batch, step=self.step, scale=self.loss.scale)
+            if extra is not None:
+                share = 1.0
+                if num_items_in_batch is not None and self._num_tokens(num_items_in_batch) is not None:
+                    local = (labels[..., 1:] != self.loss.ignore_index).sum().item()
+                    share = local / self._num_tokens(num_items_in_batch)
+                return out.loss + extra.to(out.loss.dtype) * share
         return out.loss
 
     @staticmethod
@@ -230,4 +255,7 @@ class EntropyRegularizedTrainerLoss:
         return n if n > 0 else None
 
     def __repr__(self) -> str:
-        return f"EntropyRegularizedTrainerLoss({self.loss!r}, schedule={self.schedule!r})"
+        return (
+            f"EntropyRegularizedTrainerLoss({self.loss!r}, schedule={self.schedule!r}, "
+            f"objectives={self.objectives.objectives!r})"
+        )

@@ -20,7 +20,22 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from .base import Objective, ObjectiveContext, ReduceSum
+from .base import Objective, ObjectiveContext
+
+# Strategies that shard parameters: no generation outside their forward, no LM-head weight to chunk with.
+_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def _collective_device(strategy: Any) -> torch.device:
+    """Where a tensor must live for the strategy's collective (NCCL needs CUDA tensors)."""
+    device = getattr(strategy, "root_device", None)
+    if device is not None:
+        return device
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def build_objectives(objectives: Sequence[Objective | dict] | None, owner: str) -> list[Objective]:
@@ -78,8 +93,7 @@ class ObjectiveStats:
             dtype=torch.float64,
         )
         if strategy is not None:
-            device = getattr(strategy, "root_device", None)
-            packed = strategy.reduce(packed.to(device) if device is not None else packed, reduce_op="sum").cpu()
+            packed = strategy.reduce(packed.to(_collective_device(strategy)), reduce_op="sum").cpu()
         self.reset()
         n = len(self.keys)
         out = {}
@@ -119,7 +133,7 @@ class ObjectiveRunner:
             return
         self._checked_strategy = strategy_name
         needs = [o.name for o in self.objectives if o.needs_generation and o.weight > 0 and o.rate > 0]
-        if needs and strategy_name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"):
+        if needs and strategy_name in _SHARDING_STRATEGIES:
             raise RuntimeError(
                 f"{self.owner}: objective(s) {needs} generate with the model's KV cache outside the "
                 f"strategy's forward, which {strategy_name} (sharded parameters) does not support. Use DDP, "
@@ -133,15 +147,34 @@ class ObjectiveRunner:
         *,
         step: int,
         scale: float = 1.0,
-        reduce_sum: ReduceSum | None = None,
-        world_size: int = 1,
+        strategy: Any = None,
         hidden_path: bool = True,
     ) -> Tensor | None:
         """``sum scale * weight * loss`` over the objectives that run at ``step``; None when none runs.
 
-        Call once per training step (micro-batch) on every rank: the decisions depend on ``step`` only,
-        so all ranks run the same objectives and join the same collectives.
+        Call once per training step (micro-batch) on every rank, whatever that rank's own loss did:
+        the decisions depend on ``step`` only, so all ranks run the same objectives and join the same
+        collectives.
+
+        Args:
+            model: the causal LM (not a DDP wrapper: generation and the extra forward bypass it, and
+                the gradients still reach the same parameters).
+            batch: ``{input_ids, attention_mask, labels}`` of the training step.
+            step: the optimizer step.
+            scale: the regularizer coefficient (``CoefficientSchedule``); multiplies every weight.
+            strategy: a Lightning strategy (``world_size``, ``reduce``); under several ranks the
+                objectives are normalised over the global batch; None: this process alone.
+            hidden_path: allow the chunked hidden-state path (off under parameter sharding anyway).
         """
+        world_size, reduce_sum = 1, None
+        if strategy is not None:
+            name = type(strategy).__name__
+            self.check_strategy(name)
+            hidden_path = hidden_path and name not in _SHARDING_STRATEGIES
+            world_size = int(getattr(strategy, "world_size", 1))
+            if world_size > 1:
+                device = _collective_device(strategy)
+                reduce_sum = lambda t: strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
         context = ObjectiveContext(step=step, reduce_sum=reduce_sum, world_size=world_size, hidden_path=hidden_path)
         total: Tensor | None = None
         for objective in self.objectives:
