@@ -209,3 +209,27 @@ def test_nonfinite_logits_skip_step(tmp_path):
     torch.testing.assert_close(module.returned[1], module.returned[0], rtol=0, atol=0)
     assert torch.isfinite(module.returned[-1]).all()
 
+
+
+def test_lora_model_one_pass_and_hidden_equal_additive(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    def lora_module():
+        module = UserModule(sgd=True, lr=0.5)
+        module.model = get_peft_model(module.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(1)
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)  # peft starts B at 0; make the adapters matter
+        return module
+
+    runs = {}
+    for name, kwargs in {"one": {}, "hidden": {"hidden_path": True}, "add": {"one_pass": False}}.items():
+        cb = EntropyRegularizer(combined_loss(), **kwargs)
+        runs[name] = (train(tmp_path / name, cb, module=lora_module()), cb.path)
+    assert [path for _, path in runs.values()] == ["one-pass", "hidden", "additive"]
+    trained = [torch.cat([p.detach().flatten() for p in m.parameters() if p.requires_grad]) for m, _ in runs.values()]
+    initial = torch.cat([p.detach().flatten() for p in lora_module().parameters() if p.requires_grad])
+    assert (trained[2] - initial).abs().max() > 1e-2
+    torch.testing.assert_close(trained[0], trained[2], rtol=0, atol=2e-6)
+    torch.testing.assert_close(trained[1], trained[2], rtol=0, atol=2e-6)
