@@ -46,7 +46,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from entropy_reg.errors import UserError, exception_chain, exit_on_user_error
+from entropy_reg.errors import UserError, exception_chain, exit_on_user_error, find_user_error
 from entropy_reg.logging_utils import configure_wandb_env, wandb_available
 
 _WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
@@ -147,7 +147,7 @@ class EntropyRegCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, MisconfigurationException) as exc:
-            if any(isinstance(e, UserError) for e in exception_chain(exc)):
+            if find_user_error(exc) is not None:
                 raise
             cause = [e for e in exception_chain(exc) if isinstance(e, ValueError | MisconfigurationException)][-1]
             raise UserError(

@@ -55,6 +55,7 @@ def exit_on_user_error(prog: str) -> Iterator[None]:
         user_error = find_user_error(exc)
         if user_error is None:
             raise
-        print(f"{prog}: error: {user_error}", file=sys.stderr)
+        # One line, whatever the message wraps (e.g. a transformers config error quoted inside it).
+        print(f"{prog}: error: {' '.join(str(user_error).split())}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
 

@@ -156,3 +156,17 @@ def test_shell_user_sees_one_line_and_exit_2(tmp_path, fast):
 def test_setting_found_wrong_during_fit_is_a_user_error(capsys, fast):
     line = fit_fails(capsys, *fast, "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1")
     assert "lr_schedule='cosine' needs a finite number of steps" in line
+
+
+def test_exit_on_user_error_finds_wrapped_user_errors_and_lets_bugs_through(capsys):
+    from entropy_reg.errors import UserError, exit_on_user_error
+
+    with pytest.raises(SystemExit) as info, exit_on_user_error("prog"):
+        try:
+            raise UserError("data.jsonl: line 3:\n  invalid JSON")
+        except UserError as exc:
+            raise RuntimeError("a framework's wrapper") from exc  # as Lightning and jsonargparse re-raise
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "prog: error: data.jsonl: line 3: invalid JSON\n"
+    with pytest.raises(KeyError), exit_on_user_error("prog"):
+        raise KeyError("a bug")
