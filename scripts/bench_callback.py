@@ -18,9 +18,12 @@ is dropped (optimizer state allocation, warm-up). Time: median over steps of the
 ``on_train_batch_start`` to ``on_train_batch_end`` (training_step, backward, optimizer step).
 Peak memory: per step, the peak RSS above the RSS at the step's start (the kernel's high-water mark
 reset through /proc/self/clear_refs), median over steps: what the step needs beyond weights and
-optimizer state.
+optimizer state. The script re-executes itself with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at 1 MiB,
+so that every tensor of 1 MiB or more is its own mapping, returned to the system when freed: otherwise
+malloc keeps freed activations in its heap and RSS stops following what the step really holds.
 
 Usage: python scripts/bench_callback.py [--models tiny,smollm2] [--rounds 3] [--steps 3] [--batch 4] [--seq 128]
+       [--threads N] [--variants plain,one_pass,hidden,additive]
 The last line prints the ratios (callback / plain).
 """
 
@@ -30,6 +33,7 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import time
 
 VARIANTS = ["plain", "one_pass", "hidden", "additive"]
@@ -157,20 +161,29 @@ def bench_model(name: str, rounds: int, steps: int, batch: int, seq: int) -> dic
 
 
 def main() -> None:
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # read by glibc at process start only
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps per fit (the first is dropped); tiny gets 5x")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="plain is always run")
     args = parser.parse_args()
+    VARIANTS[:] = ["plain"] + [v for v in args.variants.split(",") if v != "plain"]
     import logging
 
     import lightning.pytorch  # noqa: F401  (sets its loggers up; quieten them after)
     import torch
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    print(f"load average before: {os.getloadavg()}, torch threads {torch.get_num_threads()}", flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+          flush=True)
     summary = []
     for name in args.models.split(","):
         steps = args.steps * 5 if name == "tiny" else args.steps
