@@ -58,6 +58,11 @@ class MaskedRows:
     neg_inf: Tensor
     n_finite: Tensor
 
+    def of(self, t: Tensor) -> Tensor:
+        """The masked rows of ``t``: ``t`` itself (no copy) when every row of the chunk is masked, as
+        with a vocabulary mask shared by all rows."""
+        return t if self.idx.numel() == t.shape[0] else t[self.idx]
+
 
 def _row_name(rows: ChunkRows, r: int) -> str:
     return f"the row predicting batch {int(rows.batch_idx[r])}, position {int(rows.time_idx[r]) + 1}"
@@ -133,8 +138,8 @@ def chunk_stats(
     ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(R)
     masked = _masked_rows(z, ez, rows)
     if masked is not None:
-        zr, er = z[masked.idx], e[masked.idx]
-        ez[masked.idx] = torch.where(masked.neg_inf, torch.zeros((), dtype=z.dtype, device=z.device), er * zr).sum(1)
+        terms = masked.of(e) * masked.of(z)
+        ez[masked.idx] = terms.masked_fill_(masked.neg_inf, 0.0).sum(1)  # 0 * -inf -> 0: probability 0
     mu = ez / s
     gold = rows.gold
     z_y = z.gather(1, gold[:, None]).view(R)
@@ -162,7 +167,7 @@ def chunk_stats(
         smooth = lse - z.mean(dim=1)
         if masked is not None:
             # Uniform over the unmasked tokens: mean of the finite logits.
-            finite_sum = torch.where(masked.neg_inf, torch.zeros((), dtype=z.dtype, device=z.device), z[masked.idx]).sum(1)
+            finite_sum = masked.of(z).masked_fill(masked.neg_inf, 0.0).sum(1)
             smooth[masked.idx] = lse[masked.idx] - finite_sum / masked.n_finite
         stats["smooth"] = smooth
     return stats, saved
@@ -220,10 +225,12 @@ def chunk_grad_(
     if masked is not None:
         # Masked columns hold 0 * inf = NaN now: their gradient is 0; smooth's uniform part spans the
         # unmasked tokens only (-g_s / n_finite instead of -g_s / V).
-        dz = z[masked.idx]
+        dz = masked.of(z)
         if g_s is not None:
             dz += (g_s[masked.idx] / V - g_s[masked.idx] / masked.n_finite)[:, None]
-        z[masked.idx] = dz.masked_fill_(masked.neg_inf, 0.0)
+        dz.masked_fill_(masked.neg_inf, 0.0)
+        if dz is not z:
+            z[masked.idx] = dz
 
     # Sparse parts.
     z.scatter_add_(1, gold[:, None], -g_ce[:, None])
