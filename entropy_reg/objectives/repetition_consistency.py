@@ -38,12 +38,14 @@ class RepetitionBatch:
         period: ``[N]`` sentence length L of each row (copy n+1 starts L tokens after copy n).
         penalised: ``[N, T]`` bool, token positions in copies n >= 2 whose copy-(n-1) twin has a
             probability (position >= 1).
+        prefix: ``[N]`` prefix length P of each row (copy 1 starts at P).
         examples: examples looked at; skipped: those without a usable sentence.
     """
 
     input_ids: Tensor
     period: Tensor
     penalised: Tensor
+    prefix: Tensor
     examples: int
     skipped: int
 
@@ -86,14 +88,14 @@ def build_repetition_batch(
     device = input_ids.device
     if not rows:
         empty = torch.empty(0, length, dtype=input_ids.dtype, device=device)
-        return RepetitionBatch(empty, torch.empty(0, dtype=torch.long, device=device),
-                               empty.bool(), input_ids.shape[0], skipped)
+        none = torch.empty(0, dtype=torch.long, device=device)
+        return RepetitionBatch(empty, none, empty.bool(), none, input_ids.shape[0], skipped)
     period = torch.tensor([p for p, _ in periods], device=device)
     prefix = torch.tensor([q for _, q in periods], device=device)
     t = torch.arange(length, device=device)[None, :]
     # Copy n >= 2 starts at prefix + L; its twin one copy earlier (t - L) needs a probability (t - L >= 1).
     penalised = (t >= (prefix + period)[:, None]) & (t - period[:, None] >= 1)
-    return RepetitionBatch(torch.tensor(rows, dtype=input_ids.dtype, device=device), period, penalised,
+    return RepetitionBatch(torch.tensor(rows, dtype=input_ids.dtype, device=device), period, penalised, prefix,
                            input_ids.shape[0], skipped)
 
 
@@ -234,7 +236,9 @@ class RepetitionConsistency(Objective):
             for key in ("loss", "p_repeat", "p_previous", "rise_share"):
                 stats[key] = stat(0.0, 0.0)
             return ObjectiveOutput(zero_loss(model), stats)
-        logp = token_logprobs(model, built.input_ids, None, context.hidden_path)
+        # Only tokens of the copies (t >= P) are read: logp[:, t - 1] for t >= P.
+        needed = torch.arange(1, built.input_ids.shape[1], device=count.device)[None, :] >= built.prefix[:, None]
+        logp = token_logprobs(model, built.input_ids, None, context.hidden_path, positions=needed)
         tokens, p, p_previous = repetition_token_loss(
             logp, built.period, built.penalised, self.lam, self.one_sided, self.eps
         )
