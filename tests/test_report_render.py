@@ -110,11 +110,15 @@ def _fake_comparison(tok):
                     eos_token_ids=[0], token_ids=ids, entropies=[[1.0] * len(x) for x in ids],
                     logprobs=[[-1.0] * len(x) for x in ids], texts=texts, hit_eos=[False] * len(texts))
 
-    rows = [_row(key="k1", label="x" * 300, variant="y" * 400), _row(key="k2")]
+    wide = Interval(-123456.7, -234567.8, 345678.9, 100)  # the widest cells: numbers in e-notation
+    rows = [_row(key="k1", label="x" * 300, variant="y" * 400), _row(key="k2"),
+            _row(key="k3", baseline=-123456.7, candidate=234567.8, interval=wide, reference=0.7,
+                 baseline_vs_reference=wide, candidate_vs_reference=wide)]  # --reference adds 3 columns
+    roles = ("baseline", "candidate", "reference")
     return SimpleNamespace(
         rows=rows, prompts=["p" * 700, "Explain", "请解释" * 100, "b", "c"],
-        runs={"greedy": {"baseline": runs(), "candidate": runs()}},
-        per_sample={"greedy": {"baseline": {"collapse_class": classes}, "candidate": {"collapse_class": classes}}},
+        runs={"greedy": {role: runs() for role in roles}},
+        per_sample={"greedy": {role: {"collapse_class": classes} for role in roles}},
     )
 
 
