@@ -218,6 +218,7 @@ class EntropyRegularizer(Callback):
         name, model = find_causal_lm(pl_module, self.model_attr)
         self._detach()  # a second fit() on the same trainer: never stack two wrappers
         if self._objectives:
+            self._objectives.check_strategy(type(trainer.strategy).__name__)  # FSDP + generation: fail now
             self._objectives.setup(find_tokenizer(pl_module, trainer))
         self._lm = model
         self._call_args = CallArgs(model)
