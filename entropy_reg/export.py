@@ -125,7 +125,15 @@ def verify_full(out: Path, model: Any, tokenizer: Any) -> None:
     reread_tok = AutoTokenizer.from_pretrained(out)
     if list(reread_tok(PROBE_TEXT)["input_ids"]) != ids[0].tolist():
         raise RuntimeError(f"export check failed: the tokenizer written to {out} encodes the probe text differently")
-    reread = AutoModelForCausalLM.from_pretrained(out, dtype=model.dtype)
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a check the user did not ask about
+    try:
+        reread = AutoModelForCausalLM.from_pretrained(out, dtype=model.dtype)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     diff = float((_logits(reread, ids) - _logits(model, ids)).abs().max())
     if not diff <= LOGITS_ATOL:
         raise RuntimeError(f"export check failed: logits of the model written to {out} differ from the "
