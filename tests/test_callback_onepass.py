@@ -10,11 +10,16 @@ import logging
 
 import pytest
 import torch
-from test_callback import UserModule, V, combined_loss, logged, make_trainer, random_batches
+from lightning.pytorch import Callback
+from test_callback import B, T, UserModule, V, combined_loss, logged, make_trainer, random_batches
+from tiny_models import tiny_llama
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from entropy_reg.callbacks import EntropyRegularizer
+from entropy_reg.losses import EntropyRegularizedLoss
 
 STEPS = 3
 
@@ -233,3 +238,50 @@ def test_lora_model_one_pass_and_hidden_equal_additive(tmp_path):
     assert (trained[2] - initial).abs().max() > 1e-2
     torch.testing.assert_close(trained[0], trained[2], rtol=0, atol=2e-6)
     torch.testing.assert_close(trained[1], trained[2], rtol=0, atol=2e-6)
+
+
+class _BigTensors(TorchDispatchMode):
+    """Distinct storages of at least `numel` elements created while active (kept alive so none repeats)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.kept = numel, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.numel:
+                self.kept.setdefault(t.untyped_storage().data_ptr(), (str(func), t.untyped_storage()))
+        return out
+
+
+class _CountDuringStep(Callback):
+    def __init__(self, numel: int) -> None:
+        self.mode = _BigTensors(numel)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.mode.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.mode.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"), [(None, 4), ({"one_pass": False}, 6), ({}, 2), ({"hidden_path": True}, 0)]
+)
+def test_tokens_by_vocab_tensors_in_a_step(tmp_path, kwargs, expected):
+    """[B*T, V]-sized tensors a whole training step creates. The model's own CE (no callback): logits,
+    log-softmax and two gradients; the additive path also the regularizers' gradient and the sum of
+    both gradients; one pass: the logits and one gradient; the hidden path: none (chunks of 8 rows).
+    The vocabulary (256) is the widest dimension, so no other activation reaches B*T*V elements."""
+    vocab = 256
+    module = UserModule(sgd=True)
+    module.model = tiny_llama(0, vocab_size=vocab)
+    counter = _CountDuringStep(B * T * vocab)
+    callbacks = [counter]
+    if kwargs is not None:
+        callbacks.append(EntropyRegularizer(EntropyRegularizedLoss(combined_loss().regularizers, chunk_size=8), **kwargs))
+    trainer = make_trainer(tmp_path, callbacks, max_steps=1)
+    trainer.fit(module, train_dataloaders=random_batches())
+    made = sorted(name for name, _ in counter.mode.kept.values())
+    assert len(made) == expected, made
