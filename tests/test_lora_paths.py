@@ -126,3 +126,39 @@ def test_find_causal_lm_prefers_the_peft_wrapper_over_its_base_registered_twice(
 
     module = TwoNames()
     assert find_causal_lm(module) == ("model", module.model)
+
+
+def test_trl_sft_trainer_with_peft_config(tmp_path):
+    """TRL's own LoRA route: SFTTrainer(peft_config=...) wraps the model; the loss hook and eval see the PeftModel."""
+    trl = pytest.importorskip("trl", reason="TRL is optional (pip install 'entropy-reg[trl]')")
+    import warnings
+
+    from entropy_reg.hf import EntropyEvalCallback
+    from entropy_reg.lora import lora_config
+    from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(tokenizer, n_layer=1, n_embd=32, n_head=2, intermediate_size=64)
+    records = [{"prompt": f"What does f{i}() do?", "completion": " It returns the same value again and again."}
+               for i in range(4)]
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=2, report_to=[], use_cpu=True, logging_steps=1,
+                         save_strategy="no", disable_tqdm=True, per_device_train_batch_size=2, max_length=32,
+                         dataloader_num_workers=0, learning_rate=1e-2)
+    cb = EntropyEvalCallback(prompts=["What is a list?"], every_n_steps=2, on_evaluate=False, decodings=["greedy"],
+                             max_new_tokens=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TRL 1.x deprecates compute_loss_func (still supported)
+        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
+                                 processing_class=tokenizer, compute_loss_func=EntropyRegularizedTrainerLoss(reg_loss()),
+                                 callbacks=[cb], peft_config=lora_config(LORA))
+    assert isinstance(trainer.model, PeftModel)
+    before = snapshot(trainer.model)
+    attach(trainer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in logs] == [1, 2]
+    for h in logs:
+        assert h["loss"] == pytest.approx(h["ce"] + h["reg_loss"], rel=1e-5) and h["copy_mass"] > 0
+    assert [h["step"] for h in trainer.state.log_history if "eval_greedy/seq_rep_4" in h] == [2]
+    changed = moved(trainer.model, before)
+    assert changed and all("lora_" in n for n in changed)
