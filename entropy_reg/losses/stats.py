@@ -51,12 +51,13 @@ class ChunkRows:
 
 @dataclass
 class MaskedRows:
-    """Rows of a chunk that hold ``-inf`` logits: their indices ``[M]``, the mask ``[M, V]`` and the
-    number of unmasked tokens per row ``[M]``."""
+    """Rows of a chunk that hold ``-inf`` logits: their indices ``[M]``; with ``smooth`` wanted also
+    the ``-inf`` mask ``[M, V]`` and the sum ``[M]`` and number ``[M]`` of the finite logits."""
 
     idx: Tensor
-    neg_inf: Tensor
-    n_finite: Tensor
+    neg_inf: Tensor | None = None
+    finite_sum: Tensor | None = None
+    n_finite: Tensor | None = None
 
     def of(self, t: Tensor) -> Tensor:
         """The masked rows of ``t``: ``t`` itself (no copy) when every row of the chunk is masked, as
@@ -68,35 +69,35 @@ def _row_name(rows: ChunkRows, r: int) -> str:
     return f"the row predicting batch {int(rows.batch_idx[r])}, position {int(rows.time_idx[r]) + 1}"
 
 
-def _masked_rows(z: Tensor, ez: Tensor, rows: ChunkRows) -> MaskedRows | None:
-    """Find the rows with masked logits (see the module docstring), or raise on invalid logits."""
+def _masked_rows(z: Tensor, m: Tensor, ez: Tensor, z_y: Tensor, rows: ChunkRows) -> MaskedRows | None:
+    """The rows with masked logits (module docstring), or FloatingPointError naming an invalid row.
+
+    Cheap on purpose: the checks read ``[R]`` vectors only. ``topk`` ranks NaN above +inf, so a row
+    holding NaN or +inf has a non-finite max ``m`` (NaN / +inf), and a row of only -inf has ``m = -inf``.
+    """
     idx = (~torch.isfinite(ez)).nonzero().view(-1)
     if idx.numel() == 0:
         return None
-    zr = z if idx.numel() == z.shape[0] else z[idx]
-    invalid = torch.isnan(zr) | torch.isposinf(zr)
-    if bool(invalid.any()):
-        r, col = (int(i) for i in invalid.nonzero()[0])
+    bad_max = ~torch.isfinite(m[idx])
+    if bool(bad_max.any()):
+        r = int(idx[int(bad_max.nonzero()[0])])
+        if bool(torch.isneginf(m[r])):
+            raise FloatingPointError(
+                f"EntropyRegularizedLoss: every logit is -inf in {_row_name(rows, r)}: no token has probability > 0"
+            )
+        col = int((torch.isnan(z[r]) | torch.isposinf(z[r])).nonzero()[0])
         raise FloatingPointError(
-            f"EntropyRegularizedLoss: logit {float(zr[r, col])} (token {col}) in {_row_name(rows, int(idx[r]))}: "
+            f"EntropyRegularizedLoss: logit {float(z[r, col])} (token {col}) in {_row_name(rows, r)}: "
             "logits may be -inf (probability 0) but not NaN or +inf"
         )
-    neg_inf = torch.isneginf(zr)
-    n_finite = zr.shape[1] - neg_inf.sum(dim=1)
-    if bool((n_finite == 0).any()):
-        r = int((n_finite == 0).nonzero()[0])
-        raise FloatingPointError(
-            f"EntropyRegularizedLoss: every logit is -inf in {_row_name(rows, int(idx[r]))}: no token has "
-            "probability > 0"
-        )
-    gold_masked = neg_inf.gather(1, rows.gold[idx, None]).view(-1)
+    gold_masked = torch.isneginf(z_y[idx])
     if bool(gold_masked.any()):
-        r = int(gold_masked.nonzero()[0])
+        r = int(idx[int(gold_masked.nonzero()[0])])
         raise FloatingPointError(
-            f"EntropyRegularizedLoss: the gold token {int(rows.gold[idx[r]])} has logit -inf (probability 0, "
-            f"infinite cross-entropy) in {_row_name(rows, int(idx[r]))}; check the vocabulary mask or the labels"
+            f"EntropyRegularizedLoss: the gold token {int(rows.gold[r])} has logit -inf (probability 0, "
+            f"infinite cross-entropy) in {_row_name(rows, r)}; check the vocabulary mask or the labels"
         )
-    return MaskedRows(idx, neg_inf, n_finite.to(z.dtype))
+    return MaskedRows(idx)
 
 
 def chunk_stats(
@@ -136,13 +137,18 @@ def chunk_stats(
     lse = m + s.log()
     # sum_j e_j z_j as a batched dot product: no [R, V] temporary.
     ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(R)
-    masked = _masked_rows(z, ez, rows)
-    if masked is not None:
-        terms = masked.of(e) * masked.of(z)
-        ez[masked.idx] = terms.masked_fill_(masked.neg_inf, 0.0).sum(1)  # 0 * -inf -> 0: probability 0
-    mu = ez / s
     gold = rows.gold
     z_y = z.gather(1, gold[:, None]).view(R)
+    masked = _masked_rows(z, m, ez, z_y, rows)
+    if masked is not None:
+        # -inf -> 0 in a copy of those rows: e is 0 there, so each masked token adds 0 * 0 to the dot.
+        finite = torch.nan_to_num(masked.of(z), neginf=0.0)
+        ez[masked.idx] = torch.bmm(masked.of(e).unsqueeze(1), finite.unsqueeze(2)).view(-1)
+        if "smooth" in want:
+            masked.neg_inf = torch.isneginf(masked.of(z))
+            masked.finite_sum = finite.sum(dim=1)
+            masked.n_finite = (z.shape[1] - masked.neg_inf.sum(dim=1)).to(z.dtype)
+    mu = ez / s
     stats: dict[str, Tensor] = {"ce": lse - z_y, "entropy": lse - mu}
     p_top = torch.exp(top_vals - lse[:, None])
     head = p_top.cumsum(dim=1)
@@ -167,8 +173,7 @@ def chunk_stats(
         smooth = lse - z.mean(dim=1)
         if masked is not None:
             # Uniform over the unmasked tokens: mean of the finite logits.
-            finite_sum = masked.of(z).masked_fill(masked.neg_inf, 0.0).sum(1)
-            smooth[masked.idx] = lse[masked.idx] - finite_sum / masked.n_finite
+            smooth[masked.idx] = lse[masked.idx] - masked.finite_sum / masked.n_finite
         stats["smooth"] = smooth
     return stats, saved
 
@@ -223,12 +228,15 @@ def chunk_grad_(
         z.sub_((g_s / V)[:, None])
     masked = saved.get("masked")
     if masked is not None:
-        # Masked columns hold 0 * inf = NaN now: their gradient is 0; smooth's uniform part spans the
-        # unmasked tokens only (-g_s / n_finite instead of -g_s / V).
+        # A masked column's gradient is 0. Smooth's uniform part spans the unmasked tokens (-g_s /
+        # n_finite, not / V), so with it the mask is applied; without it a masked column holds 0 * inf
+        # = NaN (entropy term) or exactly 0, and only there (the rows passed _masked_rows).
         dz = masked.of(z)
         if g_s is not None:
             dz += (g_s[masked.idx] / V - g_s[masked.idx] / masked.n_finite)[:, None]
-        dz.masked_fill_(masked.neg_inf, 0.0)
+            dz.masked_fill_(masked.neg_inf, 0.0)
+        else:
+            torch.nan_to_num_(dz, nan=0.0)
         if dz is not z:
             z[masked.idx] = dz
 
