@@ -85,9 +85,14 @@ def render(cmp: Any) -> str:
         f"- difference = candidate - baseline{ref_diffs}; 95% CI: paired percentile bootstrap, "
         f"{c.n_bootstrap} resamples of prompts x seeds (held-out: texts; probe: sentences), seed {c.bootstrap_seed}. "
         "rel. = difference / |baseline|. Pooled metrics (rep-n, distinct-n, diversity): unique n-grams "
-        "attributed to prompts, so a prompt drawn twice does not count as repeating itself; quantiles: "
-        "weighted inverted CDF (see entropy_reg.report.bootstrap).",
-        "- metrics are computed on token ids (language independent); entropies in nats from raw logits.",
+        "attributed to prompts, so a prompt drawn twice does not count as repeating itself; SimCTG-script "
+        "rows: per-continuation counts, summed; quantiles: weighted inverted CDF (see "
+        "entropy_reg.report.bootstrap).",
+        "- metrics are computed on token ids (language independent); entropies in nats from raw logits; "
+        "the variant column names the convention of each number (README, Metric definitions).",
+        "- collapse classes (one per continuation): degenerate = repeating tail at low entropy, repetitive = "
+        "repeating tail at higher entropy, divergent = no loop, high entropy, unlikely, healthy = none; "
+        "thresholds: entropy_reg.metrics.CollapseThresholds.",
         "",
         table(cmp.rows),
     ])
