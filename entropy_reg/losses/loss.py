@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .copyset import CopySetIndex
-from .regularizers import Regularizer
+from .regularizers import Regularizer, as_integer
 from .stats import ChunkRows, chunk_grad_, chunk_stats
 
 # Target size of one [chunk, V] float32 buffer. Two such buffers live at a time.
@@ -54,10 +54,10 @@ class LossOutput:
 def _positive_int_or_none(name: str, value: int | None) -> int | None:
     if value is None:
         return None
-    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not integral or value < 1:
+    number = as_integer(value)
+    if number is None or number < 1:
         raise ValueError(f"EntropyRegularizedLoss: {name} must be an integer >= 1 or None, got {value!r}")
-    return int(value)
+    return number
 
 
 class EntropyRegularizedLoss(nn.Module):
@@ -132,9 +132,10 @@ class EntropyRegularizedLoss(nn.Module):
 
     @ignore_index.setter
     def ignore_index(self, value: int) -> None:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        number = as_integer(value)
+        if number is None:
             raise ValueError(f"EntropyRegularizedLoss: ignore_index must be an integer, got {value!r}")
-        self._ignore_index = int(value)
+        self._ignore_index = number
 
     @property
     def stats_top_k(self) -> int:

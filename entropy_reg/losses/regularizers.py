@@ -18,6 +18,7 @@ into the loss.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -43,11 +44,23 @@ def _check_probability(name: str, value: Any, what: str) -> float:
     return value
 
 
+def as_integer(value: Any) -> int | None:
+    """``value`` as an int when it is one (an int, numpy/torch integer or a float like ``2.0``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _check_positive_int(name: str, value: Any, what: str) -> int:
-    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not integral or value < 1:
+    number = as_integer(value)
+    if number is None or number < 1:
         raise ValueError(f"{name}: {what} must be an integer >= 1, got {value!r}")
-    return int(value)
+    return number
 
 
 class _Checked:
