@@ -119,7 +119,7 @@ class NgramIncidence:
 
 
 def rep_n_stat(res: Resamples, inc: NgramIncidence, literal: bool = False) -> np.ndarray:
-    """Resampled SimCTG rep-n (percent); 0 where a resample has no n-gram (as ``metrics.rep_n``)."""
+    """Resampled pooled rep-n (percent); 0 where a resample has no n-gram (as ``metrics.rep_n``)."""
     unique, total = inc.counts(res.weights, literal)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 100.0 * (1.0 - unique / np.where(total > 0, total, 1.0)), 0.0)
