@@ -29,6 +29,7 @@ PAIRS = [
     ("tiny/baseline.yaml", "tiny/seq_ul.yaml"),
     ("tiny/baseline.yaml", "tiny/full.yaml"),
     ("smollm2-135m/baseline.yaml", "smollm2-135m/full.yaml"),
+    ("smollm2-135m/baseline.yaml", "smollm2-135m/seq_ul.yaml"),
     ("gpu/qwen2.5-0.5b-instruct/baseline.yaml", "gpu/qwen2.5-0.5b-instruct/combined.yaml"),
 ]
 
