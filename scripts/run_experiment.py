@@ -84,7 +84,7 @@ PRESETS = {
     ),
 }
 
-_PROGRESS_LINE = re.compile(r"^\[[^\]]*\] step \d+")
+_PROGRESS_LINE = re.compile(r"^\[[^\]]*\] step \d+")  # ProgressLog's lines
 _print_lock = threading.Lock()
 
 
@@ -93,8 +93,8 @@ def say(text: str) -> None:
         print(text, flush=True)
 
 
-def _run(cmd: list[str], log: Path, threads: int, relay: bool = False) -> None:
-    """Run ``cmd`` with its output in ``log``; progress lines are also relayed to the terminal."""
+def _run(cmd: list[str], log: Path, threads: int, relay: str | None = None) -> None:
+    """Run ``cmd`` with its output in ``log``; progress lines are also relayed, prefixed with ``relay``."""
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "offline")
     env.setdefault("WANDB_SILENT", "true")
@@ -109,7 +109,7 @@ def _run(cmd: list[str], log: Path, threads: int, relay: bool = False) -> None:
         for line in proc.stdout:
             f.write(line)
             if relay and _PROGRESS_LINE.match(line):
-                say("    " + line.rstrip())
+                say(f"    {relay}: " + line.split("] ", 1)[1].rstrip())
         returncode = proc.wait()
     if returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
@@ -139,7 +139,7 @@ def train(recipe: Path, seed: int, out: Path, extra: list[str], threads: int) ->
            "--trainer.callbacks+=entropy_reg.callbacks.ProgressLog"]
     t0 = time.perf_counter()
     say(f"  {recipe.stem} seed {seed}: training ... (log: {_rel(run_dir / 'fit.log')})")
-    _run(cmd, run_dir / "fit.log", threads, relay=True)
+    _run(cmd, run_dir / "fit.log", threads, relay=f"{recipe.stem} seed {seed}")
     ckpt = _last_checkpoint(run_dir)
     if ckpt is None:
         raise SystemExit(f"{recipe} seed {seed}: training finished but wrote no last.ckpt under {run_dir}")
