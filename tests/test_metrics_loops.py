@@ -108,3 +108,14 @@ def test_collapse_class_errors():
                 dict(degenerate_max_entropy=-1.0)):
         with pytest.raises(ValueError):
             CollapseThresholds(**bad)
+
+
+def test_degenerate_is_judged_on_the_copies_not_the_text_being_repeated():
+    # Loop of period 4 starting at 2: the first period (positions 2-5) is the sentence the model wrote
+    # while still uncertain (3 nats); its two copies are near-certain (0.2 nats). Tail mean 1.13 nats,
+    # copies' mean 0.2: the black hole, although the whole tail averages above the 1-nat threshold.
+    ids = [9, 8, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4]
+    entropies = [3.0, 3.0, 3.0, 3.0, 3.0, 3.0] + [0.2] * 8
+    assert collapse_class(ids, entropies) == "degenerate"
+    # The same loop whose copies stay uncertain is repetitive.
+    assert collapse_class(ids, [3.0] * 6 + [1.5] * 8) == "repetitive"

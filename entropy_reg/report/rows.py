@@ -148,7 +148,7 @@ _VARIANTS = {
     "uniq_seq": ("uniq-seq", "distinct token ids over all continuations (no CI: a count, biased by resampling)"),
     "sentence_repetition": ("sentence repetition", "split on . ! ? 。！？, per continuation (1 - distinct/all "
                             "sentences), mean over continuations with a sentence"),
-    "degenerate_share": ("degenerate share", "collapse_class: repeating tail, tail entropy <= threshold (black hole)"),
+    "degenerate_share": ("degenerate share", "collapse_class: repeating tail whose copies have mean entropy <= threshold (black hole)"),
     "repetitive_share": ("repetitive share", "collapse_class: repeating tail at higher entropy (flat argmax loop)"),
     "divergent_share": ("divergent share", "collapse_class: no loop, high entropy, low likelihood"),
     "healthy_share": ("healthy share", "collapse_class: none of the three"),
