@@ -71,7 +71,8 @@ PRESETS = {
         # 40 optimizer steps of 4 x 128 tokens; held-out metrics come from compare, so no validation loop.
         fit_args=["--trainer.max_steps=40", "--data.init_args.batch_size=4", "--data.init_args.max_length=128",
                   "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=5"],
-        compare_args=["--max-new-tokens=64", "--seeds=1", "--max-heldout=48", "--max-length=128",
+        # 128 new tokens: shorter continuations end before a loop has repeated enough to show its collapse.
+        compare_args=["--max-new-tokens=128", "--seeds=1", "--max-heldout=48", "--max-length=128",
                       "--probe-sentences=8", "--no-progress"],
     ),
     "tiny": Preset(
@@ -282,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of every recipe")
-    ap.add_argument("--parallel", type=int, default=2, help="trainings run side by side")
+    ap.add_argument("--parallel", type=int, default=2, help="trainings (and comparisons) run side by side")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per process (default: the cores shared among the processes running)")
     ap.add_argument("--fit-arg", action="append", default=[],
                     help="extra override for every fit, e.g. --fit-arg=--trainer.max_steps=20")
     ap.add_argument("--compare-arg", action="append", default=[],
@@ -301,24 +304,31 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("baseline and candidate recipes need distinct file names (their runs are named after them)")
     if args.parallel < 1:
         ap.error("--parallel must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        ap.error("--threads must be >= 1")
     fit_args = preset.fit_args + ([f"--trainer.max_steps={args.max_steps}"] if args.max_steps else []) + args.fit_arg
     compare_args = preset.compare_args + args.compare_arg
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    threads = max(1, cores // args.parallel)
+
+    def threads_for(processes: int) -> int:
+        # Oversubscribed OpenMP threads spin against each other (10x slower on a busy 2-core box).
+        return args.threads or max(1, cores // max(1, min(args.parallel, processes)))
     t0 = time.perf_counter()
     say(f"experiment ({args.model}): {baseline.stem} vs {', '.join(c.stem for c in candidates)}, seeds {seeds}"
         f"{', reference ' + reference if reference else ''}; out {_rel(out)}")
     jobs = [(recipe, seed) for seed in seeds for recipe in (baseline, *candidates)]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {job: pool.submit(train, job[0], job[1], out, fit_args, threads) for job in jobs}
+        futures = {job: pool.submit(train, job[0], job[1], out, fit_args, threads_for(len(jobs))) for job in jobs}
         ckpts = {job: f.result() for job, f in futures.items()}
     say(f"  trainings done after {time.perf_counter() - t0:.0f} s; comparing")
     results: dict[str, dict[int, dict]] = {c.stem: {} for c in candidates}
+    n_compares = len(candidates) * len(seeds)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {
             (c.stem, seed): pool.submit(compare, ckpts[(baseline, seed)], ckpts[(c, seed)], reference,
-                                        out / "compare" / c.stem / f"seed{seed}", compare_args, threads)
+                                        out / "compare" / c.stem / f"seed{seed}", compare_args,
+                                        threads_for(n_compares))
             for c in candidates for seed in seeds
         }
         for (name, seed), f in futures.items():
