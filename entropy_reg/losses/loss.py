@@ -31,6 +31,9 @@ from .stats import ChunkRows, chunk_grad_, chunk_stats
 
 # Target size of one [chunk, V] float32 buffer. Two such buffers live at a time.
 _CHUNK_BYTES = 64 * 2**20
+# ...but at most an eighth of the rows (not under 4 MiB a buffer): for a small batch two 64 MiB buffers
+# would outweigh the [tokens, V] logits themselves (SmolLM2 at 4 x 128: 134 MiB of buffers, 96 MiB of logits).
+_MIN_CHUNK_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -76,7 +79,8 @@ class EntropyRegularizedLoss(nn.Module):
         copy_context: "all" (every attended position) or "response" (positions whose label is not
             ignored) form the copy set.
         copy_window: only the last W positions (the input at t included) form the copy set.
-        chunk_size: rows per chunk; default: about 64 MiB of float32 logits per chunk.
+        chunk_size: rows per chunk; default: about 64 MiB of float32 logits per chunk, at most an
+            eighth of the rows (but not under 4 MiB).
         include_ce: False returns only the weighted regularizer sum in ``.loss`` (for a callback that
             adds to a loss the user already computed); the metrics still hold ``ce``.
 
@@ -353,7 +357,9 @@ class _Plan:
         self.scale = owner.scale  # validated when set
         for reg in owner.regularizers:
             reg.check_vocab(V)
-        chunk = owner.chunk_size or max(1, _CHUNK_BYTES // (4 * V))
+        row_bytes = 4 * V
+        small_batch_rows = max(_MIN_CHUNK_BYTES // row_bytes, -(-self.count // 8))
+        chunk = owner.chunk_size or max(1, min(_CHUNK_BYTES // row_bytes, small_batch_rows))
         self.chunk = chunk
         self.sums: dict[str, Tensor] = {}
 
