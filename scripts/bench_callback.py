@@ -14,8 +14,10 @@ Regularizers: tail floor (top 5, floor 0.15) + anti-copy (unlikelihood, 16-token
 model's tokenizer, cut into rows of --seq tokens (the first 16 labels of a row are a masked "prompt").
 
 Each round is a fresh ``Trainer.fit`` of --steps steps on the same module; the first step of every fit
-is dropped (optimizer state allocation, warm-up). Time: median over steps of the wall time from
-``on_train_batch_start`` to ``on_train_batch_end`` (training_step, backward, optimizer step).
+is dropped (optimizer state allocation, warm-up). Time: median over steps of the wall time and of the
+process CPU time from ``on_train_batch_start`` to ``on_train_batch_end`` (training_step, backward,
+optimizer step). On a shared CPU the wall time follows the other jobs' load; with --threads 1 the CPU
+time is the work the step did, and the ratios use it.
 Peak memory: per step, the peak RSS above the RSS at the step's start (the kernel's high-water mark
 reset through /proc/self/clear_refs), median over steps: what the step needs beyond weights and
 optimizer state. The script re-executes itself with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at 1 MiB,
@@ -23,7 +25,7 @@ so that every tensor of 1 MiB or more is its own mapping, returned to the system
 malloc keeps freed activations in its heap and RSS stops following what the step really holds.
 
 Usage: python scripts/bench_callback.py [--models tiny,smollm2] [--rounds 3] [--steps 3] [--batch 4] [--seq 128]
-       [--threads N] [--variants plain,one_pass,hidden,additive]
+       [--threads N] [--variants plain,one_pass,hidden,additive] [--chunk-size ROWS]
 The last line prints the ratios (callback / plain).
 """
 
@@ -77,25 +79,26 @@ def _batches(tokenizer, n: int, batch: int, seq: int):
     return out
 
 
-def _loss():
+def _loss(chunk_size: int | None):
     from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
 
     return EntropyRegularizedLoss(
         [TailMassFloor(top_k=5, floor=0.15, weight=1.0), AntiCopyPenalty(weight=1.0), EntropyFloor(0.5, weight=0.1)],
         copy_window=16,
+        chunk_size=chunk_size,
     )
 
 
-def _callbacks(variant: str):
+def _callbacks(variant: str, chunk_size: int | None):
     from entropy_reg.callbacks import EntropyRegularizer
 
     if variant == "plain":
         return []
     kwargs = {"one_pass": {}, "hidden": {"hidden_path": True}, "additive": {"one_pass": False}}[variant]
-    return [EntropyRegularizer(_loss(), **kwargs)]
+    return [EntropyRegularizer(_loss(chunk_size), **kwargs)]
 
 
-def bench_model(name: str, rounds: int, steps: int, batch: int, seq: int) -> dict[str, dict[str, float]]:
+def bench_model(name: str, rounds: int, steps: int, batch: int, seq: int, chunk_size: int | None):
     import torch
     from lightning.pytorch import Callback, LightningModule, Trainer
     from torch.utils.data import DataLoader
@@ -118,15 +121,18 @@ def bench_model(name: str, rounds: int, steps: int, batch: int, seq: int) -> dic
     class StepMeter(Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.cpu: list[float] = []
             self.peaks: list[float] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             _reset_hwm()
             self._rss0 = _rss_mib()
             self._t0 = time.perf_counter()
+            self._c0 = time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.times.append(time.perf_counter() - self._t0)
+            self.cpu.append(time.process_time() - self._c0)
             self.peaks.append(_hwm_mib() - self._rss0)
 
     t0 = time.perf_counter()
@@ -137,6 +143,7 @@ def bench_model(name: str, rounds: int, steps: int, batch: int, seq: int) -> dic
     print(f"[{name}] loaded in {time.perf_counter() - t0:.1f} s; vocab {model.config.vocab_size}, "
           f"batch {batch}x{seq}, {rounds} rounds x {steps} steps per variant", flush=True)
     times = {v: [] for v in VARIANTS}
+    cpu = {v: [] for v in VARIANTS}
     peaks = {v: [] for v in VARIANTS}
     for r in range(rounds):
         for variant in VARIANTS:
@@ -144,18 +151,22 @@ def bench_model(name: str, rounds: int, steps: int, batch: int, seq: int) -> dic
             trainer = Trainer(
                 max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                callbacks=[meter, *_callbacks(variant)],
+                callbacks=[meter, *_callbacks(variant, chunk_size)],
             )
             trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
             times[variant] += meter.times[1:]
+            cpu[variant] += meter.cpu[1:]
             peaks[variant] += meter.peaks[1:]
             path = getattr(trainer.callbacks[-1], "path", "no callback")
-            print(f"[{name}] round {r} {variant:9s} ({path}) step s {[round(t, 3) for t in meter.times[1:]]} "
+            print(f"[{name}] round {r} {variant:9s} ({path}) wall s {[round(t, 2) for t in meter.times[1:]]} "
+                  f"cpu s {[round(t, 2) for t in meter.cpu[1:]]} "
                   f"peak MiB {[round(p) for p in meter.peaks[1:]]}", flush=True)
     result = {}
     for v in VARIANTS:
-        result[v] = {"time": statistics.median(times[v]), "peak": statistics.median(peaks[v])}
-        print(f"[{name}] {v:9s} median step {result[v]['time']:.3f} s, peak above step start "
+        result[v] = {"wall": statistics.median(times[v]), "cpu": statistics.median(cpu[v]),
+                     "peak": statistics.median(peaks[v])}
+        print(f"[{name}] {v:9s} median step {result[v]['wall']:.3f} s wall, {result[v]['cpu']:.3f} s CPU, "
+              f"peak above step start "
               f"{result[v]['peak']:.0f} MiB", flush=True)
     return result
 
@@ -172,6 +183,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="plain is always run")
+    parser.add_argument("--chunk-size", type=int, default=None, help="loss chunk_size (default: the loss' own)")
     args = parser.parse_args()
     VARIANTS[:] = ["plain"] + [v for v in args.variants.split(",") if v != "plain"]
     import logging
@@ -187,11 +199,12 @@ def main() -> None:
     summary = []
     for name in args.models.split(","):
         steps = args.steps * 5 if name == "tiny" else args.steps
-        res = bench_model(name, args.rounds, steps, args.batch, args.seq)
+        res = bench_model(name, args.rounds, steps, args.batch, args.seq, args.chunk_size)
         base = res["plain"]
         for v in VARIANTS[1:]:
             summary.append(
-                f"{name} {v} time {res[v]['time'] / base['time']:.2f}x peak {res[v]['peak'] - base['peak']:+.0f} MiB"
+                f"{name} {v} CPU time {res[v]['cpu'] / base['cpu']:.3f}x (wall {res[v]['wall'] / base['wall']:.2f}x) "
+                f"peak {res[v]['peak'] - base['peak']:+.0f} MiB"
             )
     print(f"load average after: {os.getloadavg()}", flush=True)
     print("ratios vs plain: " + "; ".join(summary))
