@@ -216,8 +216,10 @@ class SequenceUnlikelihood(Objective):
             context.global_count(count)  # every rank joins the collective
             stats["loss"], stats["p_marked"] = stat(0.0, 0.0), stat(0.0, 0.0)
             return ObjectiveOutput(zero_loss(model), stats)
-        marked = built.marked[:, 1:]  # logp[:, t - 1] is token t's
-        logp = token_logprobs(model, built.input_ids, None, context.hidden_path, positions=marked)
+        # Causal attention: tokens after the last marked position cannot change the loss; drop them.
+        end = int(built.marked.any(0).nonzero().max()) + 1
+        marked = built.marked[:, 1:end]  # logp[:, t - 1] is token t's
+        logp = token_logprobs(model, built.input_ids[:, :end], None, context.hidden_path, positions=marked)
         p = logp.exp()
         tokens = -torch.log((1.0 - p).clamp_min(self.eps))
         total = torch.where(marked, tokens, torch.zeros_like(tokens)).sum()
