@@ -246,7 +246,8 @@ class _RecordRankMetrics(Callback):
         assert outputs["loss"].item() == pl_module.user_losses[-1]  # one pass: out.loss is CE + regs
 
     def on_train_end(self, trainer, pl_module):
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        # train/* only: the user's own self.log("user_loss", ...) is a per-rank value
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
 
 
