@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .copyset import CopySetIndex
-from .regularizers import Regularizer, as_integer
+from .regularizers import Regularizer, _check_weight, as_integer
 from .stats import ChunkRows, chunk_grad_, chunk_stats
 
 # Target size of one [chunk, V] float32 buffer. Two such buffers live at a time.
@@ -193,13 +193,7 @@ class EntropyRegularizedLoss(nn.Module):
 
     @scale.setter
     def scale(self, value: float) -> None:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-            raise ValueError(f"EntropyRegularizedLoss: scale must be a finite number >= 0, got {value!r}")
-        self._scale = number
+        self._scale = _check_weight("EntropyRegularizedLoss", value, "scale")
 
     @staticmethod
     def _unique_names(regularizers: list[Regularizer]) -> list[str]:
