@@ -74,3 +74,16 @@ def test_main_job_code_path_smoke(tmp_path, capsys):
     # Resumable: a second run trains and compares nothing again.
     assert run_experiment.main(argv) == 0
     assert "already trained" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--candidate", "recipes/smollm2-135m/nope.yaml"], "recipe not found"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--parallel", "0"], "--parallel must be >= 1"),
+    (["--candidate", "recipes/smollm2-135m/baseline.yaml"], "distinct file names"),
+])
+def test_bad_arguments_exit_2_naming_the_culprit(argv, culprit, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_experiment.main(argv)
+    assert exc.value.code == 2
+    assert culprit in capsys.readouterr().err
