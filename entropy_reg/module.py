@@ -13,6 +13,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from entropy_reg.callbacks.schedule import CoefficientSchedule
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
@@ -23,6 +24,18 @@ from entropy_reg.objectives import Objective, ObjectiveRunner
 _LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 # Strategies that shard parameters: the LM-head weight outside the model's own forward is a shard.
 _SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def _build_schedule(schedule: CoefficientSchedule | dict[str, Any] | None) -> CoefficientSchedule | None:
+    if schedule is None or isinstance(schedule, CoefficientSchedule):
+        return schedule
+    if isinstance(schedule, dict):
+        try:
+            return CoefficientSchedule(**schedule)
+        except TypeError as err:
+            raise ValueError(f"CausalLMModule: schedule: {err}") from None
+    raise ValueError(f"CausalLMModule: schedule must be a CoefficientSchedule, a dict of its arguments or None, "
+                     f"got {type(schedule).__name__}")
 
 
 def describe(obj: Any) -> Any:
@@ -120,6 +133,11 @@ class CausalLMModule(LightningModule):
             (default) fine-tunes all weights. With LoRA only the adapters train, the hidden-state loss
             path still applies, and checkpoints hold only the adapter weights (the base model is
             rebuilt from ``model_name_or_path``); ``entropy-reg compare``/``export`` load them.
+        schedule: the coefficient ``c(step)`` of every regularizer and objective
+            (:class:`~entropy_reg.callbacks.CoefficientSchedule`, or its arguments as a dict), set on
+            ``loss_fn.scale`` before each training step; e.g. ``hold_steps=20`` lets plain SFT run
+            first and turns the regularizers and objectives on afterwards (objectives do not run, and
+            cost nothing, while ``c == 0``). None (default): ``c = 1`` throughout.
         init_from: a ``.ckpt`` written by this class whose model weights start a *new* run (fresh
             optimizer, step 0, this run's loss and settings), e.g. regularized fine-tuning of a
             finished baseline. The model built from ``model_name_or_path``/``tiny_config`` must have
@@ -143,6 +161,7 @@ class CausalLMModule(LightningModule):
         on_nonfinite: Literal["raise", "skip"] = "raise",
         objectives: list[Objective] | None = None,
         lora: dict[str, Any] | None = None,
+        schedule: CoefficientSchedule | dict[str, Any] | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -166,6 +185,9 @@ class CausalLMModule(LightningModule):
         loss = describe(self.loss_fn)  # noqa: F841
         self._objectives = ObjectiveRunner(objectives, "CausalLMModule")
         objectives = describe(self._objectives.objectives)  # noqa: F841
+        self._schedule = _build_schedule(schedule)
+        # Kept as its arguments (a plain dict) so the checkpoint's hyper-parameters rebuild it.
+        schedule = None if self._schedule is None else self._schedule.state_dict()  # noqa: F841
         self.save_hyperparameters()
 
         from entropy_reg.models import load_model_and_tokenizer
@@ -256,6 +278,8 @@ class CausalLMModule(LightningModule):
         return max(total, 1.0) / world_size
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self._schedule is not None:
+            self.loss_fn.scale = self._schedule(self.trainer.global_step)
         error: FloatingPointError | None = None
         out = None
         try:

@@ -123,3 +123,36 @@ def test_sharding_strategies_reject_generation_objectives():
     runner.check_strategy("DDPStrategy")
     with pytest.raises(RuntimeError, match="FSDPStrategy"):
         runner.check_strategy("FSDPStrategy")
+
+
+def test_module_schedule_holds_objectives_off_then_turns_them_on(datamodule, tmp_path):
+    """``schedule=CoefficientSchedule(hold_steps=2)``: plain SFT for 2 steps (bit-identical to the baseline's
+    first 2 steps, no objective forward), then the objective runs; the checkpoint rebuilds the schedule."""
+    from entropy_reg.callbacks import CoefficientSchedule
+
+    def run(schedule, steps, objectives):
+        torch.manual_seed(0)
+        module = CausalLMModule(tiny_config=TINY, objectives=objectives, learning_rate=1e-2,
+                                lr_schedule="constant", schedule=schedule)
+        ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt{steps}", save_last=True, save_top_k=0)
+        trainer = Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path / f"log{steps}"),
+                          log_every_n_steps=1, limit_val_batches=0, callbacks=[ckpt], enable_progress_bar=False,
+                          enable_model_summary=False)
+        trainer.fit(module, datamodule=datamodule)
+        return module, trainer
+
+    held, _ = run({"hold_steps": 2, "kind": "constant"}, 2, [ditto()])
+    plain, _ = run(None, 2, None)
+    assert torch.equal(params(held), params(plain))
+    assert held.loss_fn.scale == 0.0
+    on, trainer = run(CoefficientSchedule(hold_steps=2, kind="constant"), 4, [ditto()])
+    assert on.loss_fn.scale == 1.0 and float(trainer.callback_metrics["train/ditto/ran_share"]) == 1.0
+    rows = (tmp_path / "log4" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    scales = [float(r.split(",")[header.index("train/reg_scale")]) for r in rows[1:]
+              if r.split(",")[header.index("train/reg_scale")]]
+    assert scales == [0.0, 0.0, 1.0, 1.0]
+    restored = CausalLMModule.load_from_checkpoint(tmp_path / "ckpt4" / "last.ckpt")
+    assert restored._schedule == CoefficientSchedule(hold_steps=2, kind="constant")
+    with pytest.raises(ValueError, match="schedule"):
+        CausalLMModule(tiny_config=TINY, schedule={"hold": 2})

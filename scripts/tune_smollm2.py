@@ -1,0 +1,129 @@
+"""Tuning grid of the SmolLM2-135M-Instruct experiment: regularized variants against plain SFT at one seed.
+
+Every variant is a committed recipe with a few keys changed; this script writes each variant as a YAML
+under ``<out>/recipes/`` (so the exact config of every tuning row is on disk) and runs them through
+``scripts/run_experiment.py`` in groups that share a baseline: full fine-tuning against
+``recipes/smollm2-135m/baseline.yaml``, and LoRA against the same baseline with the same LoRA settings.
+Comparisons are greedy-only without the reference model (the cheap part of the target: seq-rep-4,
+low-entropy-loop share, TP(8), perplexity), so a row costs one training and one short comparison.
+
+    python scripts/tune_smollm2.py                          # every group, seed 0 (~1 hour on 2 cores)
+    python scripts/tune_smollm2.py --group lora --seeds 0 1 2
+    python scripts/tune_smollm2.py --only ditto-w2 --seeds 1 2   # the best variants at more seeds
+    python scripts/tune_smollm2.py --list                   # the grid, without running anything
+
+Resumable like run_experiment.py: finished trainings and comparisons are skipped. The full-fine-tuning
+group reuses the plain-SFT runs of ``runs/main/smollm2`` (same recipe, seed and settings) when they exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes" / "smollm2-135m"
+OBJ = "model.init_args.objectives"
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+LORA_KEYS = {"model.init_args.lora": LORA, "model.init_args.learning_rate": 2.0e-4}
+
+
+def _seq_ul_objective() -> dict:
+    recipe = yaml.safe_load((RECIPES / "seq_ul.yaml").read_text())
+    return recipe["model"]["init_args"]["objectives"][0]
+
+
+# name -> (group, base recipe, {dotted key (list indices as numbers): new value}); "+" appends to a list.
+GRID: dict[str, tuple[str, str, dict]] = {
+    "ditto-w2": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.weight": 2.0}),
+    "ditto-lam0.25": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.lam": 0.25}),
+    # DITTO only in the last 20 of 40 steps, on every one of them: SFT first builds the loop, DITTO then
+    # removes it while the learning rate is already decaying (same number of DITTO batches as rate 0.5).
+    "ditto-late": ("full", "ditto.yaml", {"model.init_args.schedule": {"hold_steps": 20, "kind": "constant"},
+                                          f"{OBJ}.0.init_args.rate": 1.0}),
+    "ditto-sequl": ("full", "ditto.yaml", {f"{OBJ}.+": "seq_ul"}),
+    "baseline-lora": ("lora", "baseline.yaml", dict(LORA_KEYS)),
+    "ditto-lora": ("lora", "ditto.yaml", dict(LORA_KEYS)),
+    "ditto-lora-w2": ("lora", "ditto.yaml", {**LORA_KEYS, f"{OBJ}.0.init_args.weight": 2.0}),
+}
+BASELINES = {"full": "baseline", "lora": "baseline-lora"}
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if last == "+":
+        node.append(_seq_ul_objective() if value == "seq_ul" else value)
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def write_variant(name: str, out: Path) -> Path:
+    _, base, changes = GRID[name]
+    config = yaml.safe_load((RECIPES / base).read_text())
+    for dotted, value in changes.items():
+        _set(config, dotted, copy.deepcopy(value))
+    path = out / "recipes" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# {name}: written by scripts/tune_smollm2.py from recipes/smollm2-135m/{base} with\n"
+              + "".join(f"#   {k} = {v}\n" for k, v in changes.items()))
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_group(group: str, names: list[str], seeds: list[str], out: Path, extra: list[str]) -> int:
+    group_out = out / group
+    baseline_name = BASELINES[group]
+    baseline = RECIPES / "baseline.yaml" if baseline_name == "baseline" else write_variant(baseline_name, out)
+    if group == "full":  # same recipe, seed and settings as the main experiment's plain SFT: reuse its runs
+        shared = ROOT / "runs" / "main" / "smollm2" / "baseline"
+        link = group_out / "baseline"
+        if shared.is_dir() and not link.exists():
+            group_out.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(shared)
+    cmd = [sys.executable, str(ROOT / "scripts" / "run_experiment.py"), "--model", "smollm2",
+           "--baseline", str(baseline), "--reference", "none", "--out", str(group_out), "--seeds", *seeds,
+           "--compare-arg=--decoding=greedy", *extra]
+    for name in names:
+        cmd += ["--candidate", str(write_variant(name, out))]
+    print(f"tune {group}: {' '.join(names)} vs {baseline_name}, seeds {' '.join(seeds)}", flush=True)
+    return subprocess.call(cmd, cwd=ROOT, env=dict(os.environ))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--group", choices=sorted(BASELINES), action="append", help="groups to run (default: all)")
+    ap.add_argument("--only", action="append", choices=[n for n in GRID if n not in BASELINES.values()],
+                    help="variants to run (default: every variant of the groups)")
+    ap.add_argument("--seeds", nargs="+", default=["0"])
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "tune" / "smollm2")
+    ap.add_argument("--list", action="store_true", help="print the grid and exit")
+    args, extra = ap.parse_known_args(argv)  # anything else goes to run_experiment.py (--parallel, --threads)
+    if args.list:
+        for name, (group, base, changes) in GRID.items():
+            print(f"{name:16s} {group:5s} {base:14s} {changes}")
+        return 0
+    for seed in args.seeds:
+        if not seed.isdigit():
+            ap.error(f"--seeds: {seed!r} is not a non-negative integer")
+    status = 0
+    for group in args.group or sorted(BASELINES):
+        names = [n for n, (g, _, _) in GRID.items()
+                 if g == group and n != BASELINES[group] and (not args.only or n in args.only)]
+        if names:
+            status = run_group(group, names, args.seeds, args.out.resolve(), extra) or status
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
