@@ -27,6 +27,11 @@ from torch import Tensor
 
 # transformers' ForCausalLMLoss ignores this label value unless the call passes another `ignore_index`.
 HF_IGNORE_INDEX = -100
+# Config attributes of HF models whose logits are not `lm_head(hidden)`: for those, the hidden-state
+# path would silently compute a different loss, so they take the logits path.
+_LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+# Strategies that shard parameters: the LM-head weight outside the model's own forward is a shard.
+_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 class CallArgs:
@@ -64,8 +69,6 @@ def plain_ce_blocker(model: nn.Module, ignore_index: int) -> str | None:
     """
     from transformers.loss.loss_utils import LOSS_MAPPING
 
-    from entropy_reg.module import _LOGIT_TRANSFORM_ATTRS  # CausalLMModule's list (imported late: no cycle)
-
     loss_function = getattr(model, "loss_function", None)
     if loss_function is not LOSS_MAPPING["ForCausalLM"]:
         name = getattr(loss_function, "__qualname__", type(loss_function).__name__)
@@ -82,8 +85,6 @@ def plain_ce_blocker(model: nn.Module, ignore_index: int) -> str | None:
 
 def hidden_path_blocker(model: nn.Module, strategy: Any) -> str | None:
     """Why the LM head cannot be bypassed (None when it can): it must be a plain, unsharded ``nn.Linear``."""
-    from entropy_reg.module import _SHARDING_STRATEGIES  # CausalLMModule's list (imported late: no cycle)
-
     if type(strategy).__name__ in _SHARDING_STRATEGIES:
         return f"{type(strategy).__name__} shards the LM-head weight"
     get_head = getattr(model, "get_output_embeddings", None)

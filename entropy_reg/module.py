@@ -14,16 +14,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from entropy_reg.callbacks.schedule import CoefficientSchedule
+from entropy_reg.hf_call import _LOGIT_TRANSFORM_ATTRS, _SHARDING_STRATEGIES
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
 from entropy_reg.objectives import Objective, ObjectiveRunner
-
-# Config attributes of HF models whose logits are not `lm_head(hidden)`: for those, the hidden-state
-# path would silently compute a different loss, so they take the logits path.
-_LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-# Strategies that shard parameters: the LM-head weight outside the model's own forward is a shard.
-_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 def _build_schedule(schedule: CoefficientSchedule | dict[str, Any] | None) -> CoefficientSchedule | None:

@@ -94,3 +94,9 @@ def reference_loss(
     denom = num_tokens if num_tokens is not None else max(count, 1)
     metrics = {k: v / max(count, 1) for k, v in sums.items()}
     return total / denom, metrics, count
+
+
+def assert_metrics_match(out, ref_metrics):
+    """Every reference metric equals the loss output's to 1e-6 (relative above 1, absolute below)."""
+    for key, value in ref_metrics.items():
+        assert abs(float(out.metrics[key]) - value) <= 1e-6 * max(1.0, abs(value)), (key, float(out.metrics[key]), value)

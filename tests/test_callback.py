@@ -10,12 +10,12 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
-from tiny_models import tiny_llama
+from tiny_models import three_term_loss, tiny_llama
 from torch.utils.data import DataLoader
 
 from entropy_reg.callbacks import CoefficientSchedule, EntropyRegularizer
 from entropy_reg.logging_utils import StatsWindow
-from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
+from entropy_reg.losses import EntropyRegularizedLoss
 
 V, B, T = 64, 4, 12
 
@@ -75,13 +75,7 @@ def make_trainer(tmp_path, callbacks, max_steps: int = 3, **kwargs) -> Trainer:
 
 
 def combined_loss(weight: float = 1.0) -> EntropyRegularizedLoss:
-    return EntropyRegularizedLoss(
-        regularizers=[
-            TailMassFloor(top_k=1, floor=0.9, weight=weight),
-            AntiCopyPenalty(weight=weight),
-            EntropyFloor(min_entropy=3.0, weight=weight),
-        ]
-    )
+    return three_term_loss(top_k=1, floor=0.9, min_entropy=3.0, weights=(weight, weight, weight))
 
 
 def fit(tmp_path, loss, module=None, max_steps=3, **cb_kwargs):

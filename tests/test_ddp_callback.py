@@ -13,15 +13,12 @@
 from __future__ import annotations
 
 import csv
-import json
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from ddp_helpers import Record, ddp_trainer, flat_params, recorded_metrics, recorded_params
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.strategies import DDPStrategy
 from test_callback import UserModule, combined_loss
 from test_ddp import global_batch, loader
 from test_generation_eval import char_tokenizer
@@ -57,18 +54,6 @@ class PoisonedUserModule(UserModule):
         return output
 
 
-class Record(Callback):
-    def __init__(self, out: str) -> None:
-        self.out = Path(out)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        rank, step = trainer.global_rank, trainer.global_step
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        (self.out / f"step{step}_rank{rank}.json").write_text(json.dumps(metrics))
-        flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
-        torch.save(flat, self.out / f"step{step}_params_rank{rank}.pt")
-
-
 def test_regularizer_and_generation_eval_under_ddp(tmp_path):
     seed_everything(0)
     module = PoisonedUserModule()
@@ -86,16 +71,13 @@ def test_regularizer_and_generation_eval_under_ddp(tmp_path):
 
     generation = GenerationEval(prompts=["ab", "hello"], every_n_steps=1, on_validation_end=False,
                                 decodings=["greedy"], max_new_tokens=4, batch_size=2, progress=False)
-    trainer = Trainer(
-        max_steps=2, accelerator="cpu", devices=2,
-        strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=90)),
-        logger=CSVLogger(tmp_path, name="logs", version="v"), log_every_n_steps=1,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[EntropyRegularizer(combined_loss(), on_nonfinite="skip"), generation, Record(str(tmp_path))],
+    trainer = ddp_trainer(
+        2, [EntropyRegularizer(combined_loss(), on_nonfinite="skip"), generation, Record(str(tmp_path))],
+        logger=CSVLogger(tmp_path, name="logs", version="v"),
     )
     trainer.fit(module, train_dataloaders=loader(2))
 
-    ranks = [json.loads((tmp_path / f"step1_rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = recorded_metrics(tmp_path, "step1")
     worst = 0.0
     for key in ("ce", "entropy", "tail_mass", "copy_mass", "tail_mass_floor", "anti_copy", "entropy_floor"):
         for rank in ranks:
@@ -104,19 +86,18 @@ def test_regularizer_and_generation_eval_under_ddp(tmp_path):
     print(f"EntropyRegularizer DDP vs single process: max |train/* diff| = {worst:.3e}")
 
     # step 0: the one-pass loss under DDP moved the weights exactly as one process on the global batch
-    single_params = torch.cat([p.detach().flatten() for p in single.parameters()])
-    ddp_params = torch.load(tmp_path / "step1_params_rank0.pt")
-    initial = torch.cat([p.detach().flatten() for p in PoisonedUserModule().parameters()])
+    single_params = flat_params(single)
+    ddp_params = recorded_params(tmp_path, "step1")[0]
+    initial = flat_params(PoisonedUserModule())
     assert (ddp_params - initial).abs().max() > 1e-2
     torch.testing.assert_close(ddp_params, single_params, rtol=0, atol=2e-6)
 
     # step 1 skipped on both ranks (NaN on rank 1 only): weights unchanged and finite
-    p1, q0, q1 = (torch.load(tmp_path / name) for name in
-                  ("step1_params_rank0.pt", "step2_params_rank0.pt", "step2_params_rank1.pt"))
+    q0, q1 = recorded_params(tmp_path, "step2")
     assert torch.isfinite(q0).all()
-    torch.testing.assert_close(q0, p1, rtol=0, atol=0)
-    torch.testing.assert_close(q1, p1, rtol=0, atol=0)
-    assert json.loads((tmp_path / "step2_rank0.json").read_text())["train/nonfinite_skipped"] == 1.0
+    torch.testing.assert_close(q0, ddp_params, rtol=0, atol=0)
+    torch.testing.assert_close(q1, ddp_params, rtol=0, atol=0)
+    assert recorded_metrics(tmp_path, "step2")[0]["train/nonfinite_skipped"] == 1.0
 
     # generation ran on rank 0 after each optimizer step and was logged
     with open(tmp_path / "logs" / "v" / "metrics.csv") as f:

@@ -10,13 +10,13 @@ import torch
 from datasets import Dataset
 from lightning.pytorch import LightningModule
 from lightning.pytorch import Trainer as LightningTrainer
-from tiny_models import tiny_llama
+from tiny_models import three_term_loss, tiny_llama
 from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
 from entropy_reg.callbacks import CoefficientSchedule, EntropyRegularizer
 from entropy_reg.hf import EntropyRegularizedTrainerLoss, attach
-from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
+from entropy_reg.losses import EntropyRegularizedLoss
 
 V, T = 64, 12
 TERMS = ("tail_mass_floor", "anti_copy", "entropy_floor")
@@ -43,13 +43,7 @@ def as_batch(rs: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
 
 
 def reg_loss(weight: float = 1.0) -> EntropyRegularizedLoss:
-    return EntropyRegularizedLoss(
-        regularizers=[
-            TailMassFloor(top_k=1, floor=0.99, weight=weight),
-            AntiCopyPenalty(weight=weight),
-            EntropyFloor(min_entropy=10.0, weight=weight),
-        ]
-    )
+    return three_term_loss(top_k=1, floor=0.99, min_entropy=10.0, weights=(weight, weight, weight))
 
 
 def hf_args(tmp_path, **kwargs) -> TrainingArguments:

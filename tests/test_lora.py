@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from tiny_models import TINY, three_term_loss, tiny_sft_datamodule
 
 from entropy_reg.data import SFTDataModule
 from entropy_reg.lora import apply_lora, lora_config
-from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
+from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.models import load_checkpoint_model, load_model_and_tokenizer
 from entropy_reg.module import CausalLMModule
 
@@ -18,14 +19,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Found keys that are in the model state dict but not in the checkpoint"),
 ]
 
-TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64, "max_position_embeddings": 64}
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
 
 
 def regularized_loss() -> EntropyRegularizedLoss:
-    return EntropyRegularizedLoss(
-        [TailMassFloor(top_k=5, floor=0.5), AntiCopyPenalty(weight=0.5), EntropyFloor(min_entropy=5.0, weight=0.2)]
-    )
+    return three_term_loss(top_k=5, floor=0.5, min_entropy=5.0, weights=(1.0, 0.5, 0.2))
 
 
 def randomize_adapters(model: torch.nn.Module, seed: int = 0) -> None:
@@ -39,9 +37,7 @@ def randomize_adapters(model: torch.nn.Module, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def datamodule() -> SFTDataModule:
-    dm = SFTDataModule(tokenizer="tiny", batch_size=4, max_length=64, max_records=16, seed=0)
-    dm.setup("fit")
-    return dm
+    return tiny_sft_datamodule(max_length=64, max_records=16)
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,22 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from tiny_models import TINY, three_term_loss, tiny_sft_datamodule
 
 from entropy_reg.data import SFTDataModule
-from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
+from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.module import CausalLMModule, build_loss, describe
 
 pytestmark = pytest.mark.filterwarnings("ignore:SFTDataModule. truncated")
 
-TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64, "max_position_embeddings": 64}
-
 
 def regularized_loss() -> EntropyRegularizedLoss:
-    return EntropyRegularizedLoss(
-        [TailMassFloor(top_k=5, floor=0.5), AntiCopyPenalty(weight=0.5), EntropyFloor(min_entropy=8.0, weight=0.2)]
-    )
+    return three_term_loss(top_k=5, floor=0.5, min_entropy=8.0, weights=(1.0, 0.5, 0.2))
 
 
 @pytest.fixture(scope="module")
 def datamodule() -> SFTDataModule:
-    dm = SFTDataModule(tokenizer="tiny", batch_size=4, max_length=96, max_records=24, seed=0)
-    dm.setup("fit")
-    return dm
+    return tiny_sft_datamodule(max_length=96, max_records=24)
 
 
 @pytest.fixture(scope="module")
