@@ -178,6 +178,21 @@ def test_truncated_adapter_checkpoint_fails_loudly(trained, tmp_path):
         CausalLMModule.load_from_checkpoint(bad)
 
 
+def test_init_from_a_lora_checkpoint_starts_from_the_merged_model(trained, batch):
+    """``init_from`` a LoRA checkpoint: the new run's (full, or freshly adapted) model is the merged one."""
+    module, _, ckpt = trained
+    with torch.no_grad():
+        expected = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = CausalLMModule(tiny_config=TINY, init_from=str(ckpt)).eval()
+    assert not hasattr(full.model, "peft_config")
+    # new LoRA adapters on top of the merged weights start as a no-op (peft's lora_B = 0)
+    relora = CausalLMModule(tiny_config=TINY, init_from=str(ckpt), lora=LORA).eval()
+    for fresh in (full, relora):
+        with torch.no_grad():
+            got = fresh.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_resume_restores_adapters_and_continues(trained, datamodule, tmp_path):
     done, _, ckpt = trained
     module = CausalLMModule(tiny_config=TINY, loss=regularized_loss(), lora=LORA, learning_rate=1e-2,
