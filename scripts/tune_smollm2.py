@@ -11,6 +11,7 @@ low-entropy-loop share, TP(8), perplexity), so a row costs one training and one 
     python scripts/tune_smollm2.py --group lora --seeds 0 1 2
     python scripts/tune_smollm2.py --only ditto-w2 --seeds 1 2   # the best variants at more seeds
     python scripts/tune_smollm2.py --list                   # the grid, without running anything
+    python scripts/tune_smollm2.py --table                  # the tuning table of every finished comparison
 
 Resumable like run_experiment.py: finished trainings and comparisons are skipped. The full-fine-tuning
 group reuses the plain-SFT runs of ``runs/main/smollm2`` (same recipe, seed and settings) when they exist.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +50,15 @@ GRID: dict[str, tuple[str, str, dict]] = {
     "ditto-late": ("full", "ditto.yaml", {"model.init_args.schedule": {"hold_steps": 20, "kind": "constant"},
                                           f"{OBJ}.0.init_args.rate": 1.0}),
     "ditto-sequl": ("full", "ditto.yaml", {f"{OBJ}.+": "seq_ul"}),
+    # round 2, after round 1 showed one strength/perplexity curve (w 0.5 / 1 / 2) and a late DITTO too weak:
+    "ditto-w4": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.weight": 4.0}),
+    # only growth from copy to copy is penalised (p_n > p_(n-1)): the black hole, not copying as such
+    "ditto-growth-w2": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.weight": 2.0, f"{OBJ}.0.init_args.lam": 1.0,
+                                               f"{OBJ}.0.init_args.one_sided": True}),
+    # DITTO in the first 20 steps only (at the high learning rate), then plain SFT
+    "ditto-early": ("full", "ditto.yaml", {"model.init_args.schedule": {"hold_steps": 20, "kind": "constant",
+                                                                        "start": 1.0, "end": 0.0},
+                                           f"{OBJ}.0.init_args.rate": 1.0}),
     "baseline-lora": ("lora", "baseline.yaml", dict(LORA_KEYS)),
     "ditto-lora": ("lora", "ditto.yaml", dict(LORA_KEYS)),
     "ditto-lora-w2": ("lora", "ditto.yaml", {**LORA_KEYS, f"{OBJ}.0.init_args.weight": 2.0}),
@@ -100,6 +111,26 @@ def run_group(group: str, names: list[str], seeds: list[str], out: Path, extra: 
     return subprocess.call(cmd, cwd=ROOT, env=dict(os.environ))
 
 
+def table(out: Path) -> str:
+    """Markdown: one row per finished comparison under ``out`` (variant, seed) against its group's baseline."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from run_experiment import row_values
+
+    lines = ["| variant | group | seed | greedy seq-rep-4 (SFT -> variant, ratio) | low-entropy-loop share | "
+             "TP(8) | held-out ppl vs SFT |", "|---|---|---|---|---|---|---|"]
+    for metrics_path in sorted(out.glob("*/compare/*/seed*/metrics.json")):
+        m = json.loads(metrics_path.read_text())
+        name, seed, group = metrics_path.parent.parent.name, metrics_path.parent.name[4:], metrics_path.parents[3].name
+        rep_b, rep_c = (row_values(m, "greedy", "seq_rep_4", r) for r in ("baseline", "candidate"))
+        loop_b, loop_c = (row_values(m, "greedy", "degenerate_share", r) for r in ("baseline", "candidate"))
+        tp_b, tp_c = (row_values(m, "self-reinforcement probe", "tp_N", r) for r in ("baseline", "candidate"))
+        ppl_b, ppl_c = (m["heldout"][r]["perplexity"] for r in ("baseline", "candidate"))
+        lines.append(f"| {name} | {group} | {seed} | {rep_b:.3f} -> {rep_c:.3f} ({rep_c / rep_b:.2f}) | "
+                     f"{loop_b:.2f} -> {loop_c:.2f} | {tp_b:.3f} -> {tp_c:.3f} | "
+                     f"{ppl_b:.2f} -> {ppl_c:.2f} ({100 * (ppl_c / ppl_b - 1):+.1f}%) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", choices=sorted(BASELINES), action="append", help="groups to run (default: all)")
@@ -108,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", default=["0"])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "tune" / "smollm2")
     ap.add_argument("--list", action="store_true", help="print the grid and exit")
+    ap.add_argument("--table", action="store_true", help="print the table of finished comparisons and exit")
     args, extra = ap.parse_known_args(argv)  # anything else goes to run_experiment.py (--parallel, --threads)
     if args.list:
         for name, (group, base, changes) in GRID.items():
             print(f"{name:16s} {group:5s} {base:14s} {changes}")
+        return 0
+    if args.table:
+        print(table(args.out.resolve()))
         return 0
     for seed in args.seeds:
         if not seed.isdigit():
