@@ -43,6 +43,7 @@ def _seq_ul_objective() -> dict:
 
 # name -> (group, base recipe, {dotted key (list indices as numbers): new value}); "+" appends to a list.
 GRID: dict[str, tuple[str, str, dict]] = {
+    "ditto-w1": ("full", "ditto.yaml", {}),  # the main job's recipe as it is (for runs with other --max-steps)
     "ditto-w2": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.weight": 2.0}),
     "ditto-lam0.25": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.lam": 0.25}),
     # DITTO only in the last 20 of 40 steps, on every one of them: SFT first builds the loop, DITTO then
@@ -96,7 +97,8 @@ def run_group(group: str, names: list[str], seeds: list[str], out: Path, extra: 
     group_out = out / group
     baseline_name = BASELINES[group]
     baseline = RECIPES / "baseline.yaml" if baseline_name == "baseline" else write_variant(baseline_name, out)
-    if group == "full":  # same recipe, seed and settings as the main experiment's plain SFT: reuse its runs
+    changes_training = any(a.split("=")[0] in ("--max-steps", "--fit-arg") for a in extra)
+    if group == "full" and not changes_training:  # the main experiment's plain SFT, same settings: reuse its runs
         shared = ROOT / "runs" / "main" / "smollm2" / "baseline"
         link = group_out / "baseline"
         if shared.is_dir() and not link.exists():
@@ -153,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--seeds: {seed!r} is not a non-negative integer")
     status = 0
     for group in args.group or sorted(BASELINES):
-        names = [n for n, (g, _, _) in GRID.items()
-                 if g == group and n != BASELINES[group] and (not args.only or n in args.only)]
+        names = [n for n, (g, _, _) in GRID.items() if g == group and n != BASELINES[group]
+                 and (n in args.only if args.only else n != "ditto-w1")]
         if names:
             status = run_group(group, names, args.seeds, args.out.resolve(), extra) or status
     return status
