@@ -44,6 +44,7 @@ def _seq_ul_objective() -> dict:
 # name -> (group, base recipe, {dotted key (list indices as numbers): new value}); "+" appends to a list.
 GRID: dict[str, tuple[str, str, dict]] = {
     "ditto-w1": ("full", "ditto.yaml", {}),  # the main job's recipe as it is (for runs with other --max-steps)
+    "ditto-w0.5": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.weight": 0.5}),
     "ditto-w2": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.weight": 2.0}),
     "ditto-lam0.25": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.lam": 0.25}),
     # DITTO only in the last 20 of 40 steps, on every one of them: SFT first builds the loop, DITTO then
@@ -65,6 +66,8 @@ GRID: dict[str, tuple[str, str, dict]] = {
     "ditto-lora-w2": ("lora", "ditto.yaml", {**LORA_KEYS, f"{OBJ}.0.init_args.weight": 2.0}),
 }
 BASELINES = {"full": "baseline", "lora": "baseline-lora"}
+# run only when named with --only (the default run is round 1)
+ROUND_2_AND_LATER = ("ditto-w1", "ditto-w0.5", "ditto-w4", "ditto-growth-w2", "ditto-early")
 
 
 def _set(config: dict, dotted: str, value) -> None:
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for group in args.group or sorted(BASELINES):
         names = [n for n, (g, _, _) in GRID.items() if g == group and n != BASELINES[group]
-                 and (n in args.only if args.only else n != "ditto-w1")]
+                 and (n in args.only if args.only else n not in ROUND_2_AND_LATER)]
         if names:
             status = run_group(group, names, args.seeds, args.out.resolve(), extra) or status
     return status
