@@ -117,12 +117,14 @@ def run_group(group: str, names: list[str], seeds: list[str], out: Path, extra: 
 
 
 def table(out: Path) -> str:
-    """Markdown: one row per finished comparison under ``out`` (variant, seed) against its group's baseline."""
+    """Markdown: one row per finished comparison under ``out`` (variant, seed) against its group's baseline,
+    then, for variants with several seeds, their per-seed values side by side."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from run_experiment import row_values
 
     lines = ["| variant | group | seed | greedy seq-rep-4 (SFT -> variant, ratio) | low-entropy-loop share | "
              "TP(8) | held-out ppl vs SFT |", "|---|---|---|---|---|---|---|"]
+    per_variant: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     for metrics_path in sorted(out.glob("*/compare/*/seed*/metrics.json")):
         m = json.loads(metrics_path.read_text())
         name, seed, group = metrics_path.parent.parent.name, metrics_path.parent.name[4:], metrics_path.parents[3].name
@@ -133,6 +135,15 @@ def table(out: Path) -> str:
         lines.append(f"| {name} | {group} | {seed} | {rep_b:.3f} -> {rep_c:.3f} ({rep_c / rep_b:.2f}) | "
                      f"{loop_b:.2f} -> {loop_c:.2f} | {tp_b:.3f} -> {tp_c:.3f} | "
                      f"{ppl_b:.2f} -> {ppl_c:.2f} ({100 * (ppl_c / ppl_b - 1):+.1f}%) |")
+        per_variant.setdefault((group, name), []).append((rep_c / rep_b, loop_c, tp_c, 100 * (ppl_c / ppl_b - 1)))
+    several = {k: v for k, v in per_variant.items() if len(v) > 1}
+    if several:
+        lines += ["", "| variant | group | seeds | seq-rep-4 ratio | low-entropy-loop share | TP(8) | ppl vs SFT |",
+                  "|---|---|---|---|---|---|---|"]
+        for (group, name), rows in sorted(several.items()):
+            cols = [" / ".join(fmt.format(r[i]) for r in rows) for i, fmt in
+                    enumerate(("{:.2f}", "{:.2f}", "{:.2f}", "{:+.1f}%"))]
+            lines.append(f"| {name} | {group} | {len(rows)} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 

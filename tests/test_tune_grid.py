@@ -51,3 +51,21 @@ def test_table_and_list_run_without_results(tmp_path, capsys):
     assert "ditto-w2" in capsys.readouterr().out
     assert tune_smollm2.main(["--table", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[0].startswith("| variant |")
+
+
+def test_table_reads_every_comparison_and_lines_up_seeds(tmp_path):
+    import json
+
+    def metrics(rep, loop, tp, ppl):
+        rows = [{"section": "greedy", "key": "seq_rep_4", "baseline": 0.5, "candidate": rep},
+                {"section": "greedy", "key": "degenerate_share", "baseline": 0.5, "candidate": loop},
+                {"section": "self-reinforcement probe (8 sentences)", "key": "tp_N", "baseline": 0.9, "candidate": tp}]
+        return {"rows": rows, "heldout": {"baseline": {"perplexity": 20.0}, "candidate": {"perplexity": ppl}}}
+
+    for seed, values in ((0, (0.25, 0.0, 0.6, 21.0)), (1, (0.4, 0.125, 0.7, 20.2))):
+        path = tmp_path / "full" / "compare" / "ditto-w2" / f"seed{seed}" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(metrics(*values)))
+    text = tune_smollm2.table(tmp_path)
+    assert "| ditto-w2 | full | 0 | 0.500 -> 0.250 (0.50) | 0.50 -> 0.00 | 0.900 -> 0.600 | 20.00 -> 21.00 (+5.0%) |" in text
+    assert "| ditto-w2 | full | 2 | 0.50 / 0.80 | 0.00 / 0.12 | 0.60 / 0.70 | +5.0% / +1.0% |" in text
