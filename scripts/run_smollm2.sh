@@ -4,7 +4,9 @@
 # unlikelihood, all of them), same data, steps and seeds, through `entropy-reg compare --reference`.
 # CPU only. Each training is 40 steps of 4 x 128 tokens; see README "Results" for measured wall times.
 #
-#   bash scripts/run_smollm2.sh                       # seeds 0 1 2, every recipe (hours on 2 CPU cores)
+#   bash scripts/run_smollm2.sh                       # seeds 0 1 2, every recipe
+#   bash scripts/run_smollm2.sh --parallel 2 --threads 1 --compare-arg=--decoding=greedy
+#       # what the README's 3-seed table ran: 1h40m on the 2-core CPU, shared with other jobs
 #   SEEDS=0 bash scripts/run_smollm2.sh               # one seed
 #   bash scripts/run_smollm2.sh --compare-arg=--decoding=greedy   # extra run_experiment.py options
 #
