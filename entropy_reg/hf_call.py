@@ -29,9 +29,20 @@ from torch import Tensor
 HF_IGNORE_INDEX = -100
 # Config attributes of HF models whose logits are not `lm_head(hidden)`: for those, the hidden-state
 # path would silently compute a different loss, so they take the logits path.
-_LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 # Strategies that shard parameters: the LM-head weight outside the model's own forward is a shard.
-_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def logit_transform(model: nn.Module) -> str | None:
+    """``"attr=value"`` of the first config setting by which ``model``'s logits are not plain
+    ``lm_head(hidden)`` (soft-capping, scaling); None when there is none."""
+    config = getattr(model, "config", None)
+    for attr in LOGIT_TRANSFORM_ATTRS:
+        value = getattr(config, attr, None)
+        if value is not None and value != 1:
+            return f"{attr}={value}"
+    return None
 
 
 class CallArgs:
@@ -73,11 +84,9 @@ def plain_ce_blocker(model: nn.Module, ignore_index: int) -> str | None:
     if loss_function is not LOSS_MAPPING["ForCausalLM"]:
         name = getattr(loss_function, "__qualname__", type(loss_function).__name__)
         return f"the model's loss_function is {name}, not transformers' ForCausalLMLoss"
-    config = getattr(model, "config", None)
-    for attr in _LOGIT_TRANSFORM_ATTRS:
-        value = getattr(config, attr, None)
-        if value is not None and value != 1:
-            return f"the model transforms its logits ({attr}={value})"
+    transform = logit_transform(model)
+    if transform is not None:
+        return f"the model transforms its logits ({transform})"
     if ignore_index != HF_IGNORE_INDEX:
         return f"loss.ignore_index is {ignore_index} while the model's CE ignores {HF_IGNORE_INDEX}"
     return None
@@ -85,7 +94,7 @@ def plain_ce_blocker(model: nn.Module, ignore_index: int) -> str | None:
 
 def hidden_path_blocker(model: nn.Module, strategy: Any) -> str | None:
     """Why the LM head cannot be bypassed (None when it can): it must be a plain, unsharded ``nn.Linear``."""
-    if type(strategy).__name__ in _SHARDING_STRATEGIES:
+    if type(strategy).__name__ in SHARDING_STRATEGIES:
         return f"{type(strategy).__name__} shards the LM-head weight"
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head is not None else None

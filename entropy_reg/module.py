@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from entropy_reg.callbacks.schedule import CoefficientSchedule
-from entropy_reg.hf_call import _LOGIT_TRANSFORM_ATTRS, _SHARDING_STRATEGIES
+from entropy_reg.hf_call import SHARDING_STRATEGIES, logit_transform
 from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
@@ -220,16 +220,14 @@ class CausalLMModule(LightningModule):
         if not self.hparams.use_hidden_path:
             return "use_hidden_path=False"
         strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
-        if strategy in _SHARDING_STRATEGIES:
+        if strategy in SHARDING_STRATEGIES:
             return f"{strategy} shards the LM-head weight"
         head = self.model.get_output_embeddings()
         if type(head) is not nn.Linear:
             return f"the LM head is a {type(head).__name__}, not a plain nn.Linear"
-        config = getattr(self.model, "config", None)
-        for attr in _LOGIT_TRANSFORM_ATTRS:
-            value = getattr(config, attr, None)
-            if value is not None and value != 1 and value != 1.0:
-                return f"the model transforms its logits ({attr}={value})"
+        transform = logit_transform(self.model)
+        if transform is not None:
+            return f"the model transforms its logits ({transform})"
         get_decoder = getattr(self.model, "get_decoder", None)
         if get_decoder is None or get_decoder() is None:
             return "the model has no get_decoder()"

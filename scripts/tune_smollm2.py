@@ -7,7 +7,7 @@ under ``<out>/recipes/`` (so the exact config of every tuning row is on disk) an
 Comparisons are greedy-only without the reference model (the cheap part of the target: seq-rep-4,
 low-entropy-loop share, TP(8), perplexity), so a row costs one training and one short comparison.
 
-    python scripts/tune_smollm2.py                          # every group, seed 0 (~1 hour on 2 cores)
+    python scripts/tune_smollm2.py                          # round 1, seed 0 (29 min on the shared 2-core CPU)
     python scripts/tune_smollm2.py --group lora --seeds 0 1 2
     python scripts/tune_smollm2.py --only ditto-w2 --seeds 1 2   # the best variants at more seeds
     python scripts/tune_smollm2.py --list                   # the grid, without running anything
@@ -30,6 +30,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_experiment import PRESETS, row_values  # noqa: E402
+
 RECIPES = ROOT / "recipes" / "smollm2-135m"
 OBJ = "model.init_args.objectives"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
@@ -51,7 +54,7 @@ GRID: dict[str, tuple[str, str, dict]] = {
     # removes it while the learning rate is already decaying (same number of DITTO batches as rate 0.5).
     "ditto-late": ("full", "ditto.yaml", {"model.init_args.schedule": {"hold_steps": 20, "kind": "constant"},
                                           f"{OBJ}.0.init_args.rate": 1.0}),
-    "ditto-sequl": ("full", "ditto.yaml", {f"{OBJ}.+": "seq_ul"}),
+    "ditto-sequl": ("full", "ditto.yaml", {f"{OBJ}.+": _seq_ul_objective()}),
     # round 2, after round 1 showed one strength/perplexity curve (w 0.5 / 1 / 2) and a late DITTO too weak:
     "ditto-w4": ("full", "ditto.yaml", {f"{OBJ}.0.init_args.weight": 4.0}),
     # only growth from copy to copy is penalised (p_n > p_(n-1)): the black hole, not copying as such
@@ -76,7 +79,7 @@ def _set(config: dict, dotted: str, value) -> None:
     for key in parents:
         node = node[int(key)] if isinstance(node, list) else node[key]
     if last == "+":
-        node.append(_seq_ul_objective() if value == "seq_ul" else value)
+        node.append(value)
     elif isinstance(node, list):
         node[int(last)] = value
     else:
@@ -102,7 +105,7 @@ def run_group(group: str, names: list[str], seeds: list[str], out: Path, extra: 
     baseline = RECIPES / "baseline.yaml" if baseline_name == "baseline" else write_variant(baseline_name, out)
     changes_training = any(a.split("=")[0] in ("--max-steps", "--fit-arg") for a in extra)
     if group == "full" and not changes_training:  # the main experiment's plain SFT, same settings: reuse its runs
-        shared = ROOT / "runs" / "main" / "smollm2" / "baseline"
+        shared = ROOT / PRESETS["smollm2"].out / "baseline"
         link = group_out / "baseline"
         if shared.is_dir() and not link.exists():
             group_out.mkdir(parents=True, exist_ok=True)
@@ -119,9 +122,6 @@ def run_group(group: str, names: list[str], seeds: list[str], out: Path, extra: 
 def table(out: Path) -> str:
     """Markdown: one row per finished comparison under ``out`` (variant, seed) against its group's baseline,
     then, for variants with several seeds, their per-seed values side by side."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from run_experiment import row_values
-
     lines = ["| variant | group | seed | greedy seq-rep-4 (SFT -> variant, ratio) | low-entropy-loop share | "
              "TP(8) | held-out ppl vs SFT |", "|---|---|---|---|---|---|---|"]
     per_variant: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}

@@ -154,5 +154,9 @@ def test_module_schedule_holds_objectives_off_then_turns_them_on(datamodule, tmp
     assert scales == [0.0, 0.0, 1.0, 1.0]
     restored = CausalLMModule.load_from_checkpoint(tmp_path / "ckpt4" / "last.ckpt")
     assert restored._schedule == CoefficientSchedule(hold_steps=2, kind="constant")
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ValueError, match="schedule: .*unexpected keyword argument 'hold'"):
         CausalLMModule(tiny_config=TINY, schedule={"hold": 2})
+    with pytest.raises(ValueError, match="schedule must be a CoefficientSchedule, a dict of its arguments or None, got int"):
+        CausalLMModule(tiny_config=TINY, schedule=3)
+    with pytest.raises(ValueError, match="hold_steps must be an integer >= 0"):
+        CausalLMModule(tiny_config=TINY, schedule={"hold_steps": -1})

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from entropy_reg.hf_call import logit_transform
+
 # Target size of one [rows, V] logits chunk (same budget as the loss kernel's).
 _CHUNK_BYTES = 64 * 2**20
 
@@ -18,8 +20,6 @@ def hidden_path_available(model: nn.Module) -> bool:
     Duck-typed (``get_output_embeddings`` / ``get_decoder``), so a peft-wrapped model qualifies when
     its head is a plain ``nn.Linear`` (LoRA on the head makes it something else: logits path).
     """
-    from entropy_reg.module import _LOGIT_TRANSFORM_ATTRS  # lazy: module.py imports this package
-
     get_head = getattr(model, "get_output_embeddings", None)
     get_decoder = getattr(model, "get_decoder", None)
     if get_head is None or get_decoder is None:
@@ -28,14 +28,7 @@ def hidden_path_available(model: nn.Module) -> bool:
         head, decoder = get_head(), get_decoder()
     except (NotImplementedError, AttributeError):
         return False
-    if type(head) is not nn.Linear or decoder is None:
-        return False
-    config = getattr(model, "config", None)
-    for attr in _LOGIT_TRANSFORM_ATTRS:
-        value = getattr(config, attr, None)
-        if value is not None and value != 1 and value != 1.0:
-            return False
-    return True
+    return type(head) is nn.Linear and decoder is not None and logit_transform(model) is None
 
 
 def _chunk_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:

@@ -20,10 +20,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from .base import Objective, ObjectiveContext
+from entropy_reg.hf_call import SHARDING_STRATEGIES
 
-# Strategies that shard parameters: no generation outside their forward, no LM-head weight to chunk with.
-_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+from .base import Objective, ObjectiveContext
 
 
 def _collective_device(strategy: Any) -> torch.device:
@@ -133,7 +132,7 @@ class ObjectiveRunner:
             return
         self._checked_strategy = strategy_name
         needs = [o.name for o in self.objectives if o.needs_generation and o.weight > 0 and o.rate > 0]
-        if needs and strategy_name in _SHARDING_STRATEGIES:
+        if needs and strategy_name in SHARDING_STRATEGIES:
             raise RuntimeError(
                 f"{self.owner}: objective(s) {needs} generate with the model's KV cache outside the "
                 f"strategy's forward, which {strategy_name} (sharded parameters) does not support. Use DDP, "
@@ -170,7 +169,7 @@ class ObjectiveRunner:
         if strategy is not None:
             name = type(strategy).__name__
             self.check_strategy(name)
-            hidden_path = hidden_path and name not in _SHARDING_STRATEGIES
+            hidden_path = hidden_path and name not in SHARDING_STRATEGIES
             world_size = int(getattr(strategy, "world_size", 1))
             if world_size > 1:
                 device = _collective_device(strategy)
