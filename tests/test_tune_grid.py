@@ -69,3 +69,13 @@ def test_table_reads_every_comparison_and_lines_up_seeds(tmp_path):
     text = tune_smollm2.table(tmp_path)
     assert "| ditto-w2 | full | 0 | 0.500 -> 0.250 (0.50) | 0.50 -> 0.00 | 0.900 -> 0.600 | 20.00 -> 21.00 (+5.0%) |" in text
     assert "| ditto-w2 | full | 2 | 0.50 / 0.80 | 0.00 / 0.12 | 0.60 / 0.70 | +5.0% / +1.0% |" in text
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "x"], "--seeds: 'x' is not a non-negative integer"),
+    (["--only", "nope"], "argument --only: invalid choice: 'nope'"),
+])
+def test_bad_arguments_exit_2_naming_the_culprit(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        tune_smollm2.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
