@@ -100,6 +100,7 @@ class EntropyRegCLI(LightningCLI):
     """LightningCLI with :class:`~entropy_reg.module.CausalLMModule` and :class:`~entropy_reg.data.SFTDataModule`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from entropy_reg.callbacks.final_checkpoint import FinalCheckpoint
         from entropy_reg.data import SFTDataModule
         from entropy_reg.module import CausalLMModule
 
@@ -111,6 +112,8 @@ class EntropyRegCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
         kwargs.setdefault("parser_class", _HintingParser)
+        # last.ckpt at the step the run ended, whatever the recipe's every_n_train_steps and max_steps.
+        kwargs.setdefault("trainer_defaults", {"callbacks": [FinalCheckpoint()]})
         self._args: Any = None
         # The one place where user errors end: one line and exit 2 (run=True also covers fitting).
         with exit_on_user_error("entropy-reg"):
