@@ -81,6 +81,14 @@ def reference_loss(
                 stats["copy"] = pc.sum()
                 stats["unlikelihood"] = (-torch.log(torch.clamp(1 - pc, min=eps))).sum()
                 add("copy_mass", stats["copy"])
+                for r in regularizers:
+                    if r.name == "contrastive_token":  # negatives: every attended input in the window
+                        negs = {int(input_ids[b, s]) for s in range(t + 1)
+                                if (r.window is None or s > t - r.window)
+                                and (attention_mask is None or int(attention_mask[b, s]) == 1)} - {y}
+                        neg_idx = torch.tensor(sorted(int(new_id[c]) for c in negs if keep[c]), dtype=torch.long)
+                        key = f"ct@{'all' if r.window is None else r.window}"
+                        stats[key] = torch.log(1 + torch.exp(z[neg_idx] - z[y_kept]).sum())
             row = stats["ce"] if include_ce else logits.new_zeros(())
             for name, reg in zip(names, regularizers, strict=False):
                 pen = reg.penalty(stats)

@@ -11,6 +11,7 @@ from reference_loss import assert_metrics_match, reference_loss
 from entropy_reg.losses import (
     AntiCopyPenalty,
     ConfidencePenalty,
+    ContrastiveToken,
     EntropyFloor,
     EntropyRegularizedLoss,
     LabelSmoothing,
@@ -47,6 +48,7 @@ def cases(draw):
                 st.builds(AntiCopyPenalty, weight=st.floats(0, 2), mode=st.sampled_from(["unlikelihood", "mass"])),
                 st.builds(ConfidencePenalty, weight=st.floats(0, 1)),
                 st.builds(LabelSmoothing, epsilon=st.floats(0, 0.5)),
+                st.builds(ContrastiveToken, weight=st.floats(0, 2), window=st.one_of(st.none(), st.integers(1, 4))),
             ),
             max_size=4,
         )

@@ -5,6 +5,7 @@ from .regularizers import (
     REGULARIZERS,
     AntiCopyPenalty,
     ConfidencePenalty,
+    ContrastiveToken,
     EntropyFloor,
     LabelSmoothing,
     Regularizer,
@@ -20,5 +21,6 @@ __all__ = [
     "AntiCopyPenalty",
     "ConfidencePenalty",
     "LabelSmoothing",
+    "ContrastiveToken",
     "REGULARIZERS",
 ]

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from entropy_reg.validation import check_int
+
 from .copyset import CopySetIndex
 from .regularizers import Regularizer, _check_weight, as_integer
 from .stats import ChunkRows, chunk_grad_, chunk_stats
@@ -55,12 +57,7 @@ class LossOutput:
 
 
 def _positive_int_or_none(name: str, value: int | None) -> int | None:
-    if value is None:
-        return None
-    number = as_integer(value)
-    if number is None or number < 1:
-        raise ValueError(f"EntropyRegularizedLoss: {name} must be an integer >= 1 or None, got {value!r}")
-    return number
+    return check_int("EntropyRegularizedLoss", name, value, 1, allow_none=True)
 
 
 class EntropyRegularizedLoss(nn.Module):
@@ -73,7 +70,7 @@ class EntropyRegularizedLoss(nn.Module):
 
     Args:
         regularizers: row-wise penalties (``TailMassFloor``, ``EntropyFloor``, ``AntiCopyPenalty``,
-            ``ConfidencePenalty``, ``LabelSmoothing``).
+            ``ConfidencePenalty``, ``LabelSmoothing``, ``ContrastiveToken``).
         ignore_index: label value that marks rows without a target.
         stats_top_k: k of the logged ``tail_mass`` metric.
         copy_context: "all" (every attended position) or "response" (positions whose label is not
@@ -305,9 +302,11 @@ class EntropyRegularizedLoss(nn.Module):
             if bad.any():
                 b, t = (int(i) for i in bad.nonzero()[0])
                 raise ValueError(f"{where}: input_ids[{b}, {t}] = {int(input_ids[b, t])} is outside [0, {V})")
-        needs_copy = any(r.requires() & {"copy", "unlikelihood"} for r in self.regularizers if r.weight > 0)
-        if needs_copy and input_ids is None:
-            raise ValueError(f"{where}: AntiCopyPenalty needs `input_ids` to build the copy set")
+        if input_ids is None:
+            for reg in self.regularizers:
+                if any(k in ("copy", "unlikelihood") or k.startswith("ct@") for k in reg.requires()):
+                    raise ValueError(f"{where}: {type(reg).__name__} needs `input_ids` (the tokens it penalises "
+                                     "copying are read from them)")
         return src, weight, bias, V
 
 
@@ -336,7 +335,13 @@ class _Plan:
             needed |= reg.requires()
         self.top_ks = sorted({min(k, V) for k in [owner.stats_top_k] + [int(key[5:]) for key in needed if key.startswith("tail@")]})
         self.reg_tail_key = {f"tail@{int(key[5:])}": f"tail@{min(int(key[5:]), V)}" for key in needed if key.startswith("tail@")}
-        self.want = {k for k in needed if not k.startswith("tail@")}
+        self.want = {k for k in needed if not k.startswith(("tail@", "ct@"))}
+        # Contrastive-token negatives: every attended input (prompt included) within each term's window.
+        self.negatives = {
+            key: CopySetIndex(input_ids, attention_mask, labels, owner.ignore_index, "all",
+                              None if key == "ct@all" else int(key[3:]))
+            for key in sorted(k for k in needed if k.startswith("ct@"))
+        }
         self.copy_index = None
         if input_ids is not None:
             self.want.add("copy")  # logged even when no regularizer uses it
@@ -396,7 +401,8 @@ class _Plan:
                     z[dst - start : dst - start + n].copy_(flat[src_row : src_row + n])
             rows = ChunkRows(self.batch_idx[sl], self.time_idx[sl], self.gold[sl])
             stats, saved = chunk_stats(
-                z, rows, self.top_ks, self.copy_index, self.want, self._ul_eps(), e_out=e_buf[: idx.numel()]
+                z, rows, self.top_ks, self.copy_index, self.want, self._ul_eps(), e_out=e_buf[: idx.numel()],
+                negatives=self.negatives,
             )
             self._check_finite(stats, rows)
             chunk_total, grads, penalties = self._objective(stats, want_grad)

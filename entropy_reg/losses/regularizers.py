@@ -18,7 +18,6 @@ into the loss.
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -26,41 +25,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entropy_reg.validation import as_integer, check_int, check_nonnegative, check_open_unit, check_unit  # noqa: F401
 
+
+# Adapters of the shared validators (entropy_reg.validation) to the (owner, value, what) order of _Checked.
 def _check_weight(name: str, value: Any, what: str = "weight") -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise ValueError(f"{name}: {what} must be a finite number >= 0, got {value!r}")
-    return number
+    return check_nonnegative(name, what, value)
 
 
 def _check_probability(name: str, value: Any, what: str) -> float:
-    value = _check_weight(name, value, what)
-    if value > 1:
-        raise ValueError(f"{name}: {what} is a probability mass and must be <= 1, got {value!r}")
-    return value
-
-
-def as_integer(value: Any) -> int | None:
-    """``value`` as an int when it is one (an int, numpy/torch integer or a float like ``2.0``), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
+    return check_unit(name, what, value, "is a probability mass and must be <= 1")
 
 
 def _check_positive_int(name: str, value: Any, what: str) -> int:
-    number = as_integer(value)
-    if number is None or number < 1:
-        raise ValueError(f"{name}: {what} must be an integer >= 1, got {value!r}")
-    return number
+    return check_int(name, what, value, 1)
 
 
 class _Checked:
@@ -192,13 +170,7 @@ def _check_mode(name: str, value: Any, what: str) -> str:
 
 
 def _check_open_unit(name: str, value: Any, what: str) -> float:
-    try:
-        ok = 0 < float(value) < 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: {what} must be in (0, 1), got {value!r}")
-    return float(value)
+    return check_open_unit(name, what, value)
 
 
 class AntiCopyPenalty(Regularizer):
@@ -248,10 +220,7 @@ class ConfidencePenalty(Regularizer):
 
 
 def _check_epsilon(name: str, value: Any, what: str) -> float:
-    value = _check_weight(name, value, what)
-    if value > 1:
-        raise ValueError(f"{name}: {what} must be <= 1, got {value!r}")
-    return value
+    return check_unit(name, what, value, "must be <= 1")
 
 
 class LabelSmoothing(Regularizer):
@@ -287,6 +256,54 @@ class LabelSmoothing(Regularizer):
         return stats["smooth"] - stats["ce"]
 
 
+def _check_window(name: str, value: Any, what: str) -> int | None:
+    return None if value is None else _check_positive_int(name, value, what)
+
+
+def contrastive_key(window: int | None) -> str:
+    """Stat key of the contrastive-token term with negatives from the last ``window`` inputs (None: all)."""
+    return f"ct@{'all' if window is None else window}"
+
+
+class ContrastiveToken(Regularizer):
+    """Contrastive token loss (Jiang et al. 2022, "A Simple Contrastive Learning Objective for
+    Alleviating Neural Text Degeneration"): ``log(1 + sum_{n in N_t} exp(z_n - z_y))``.
+
+    At the position that predicts label ``y``, the negatives ``N_t`` are the distinct token ids among
+    the last ``window`` input tokens the model sees there (``input_ids[t-window+1 .. t]`` for the row
+    predicting ``input_ids[t+1]``; prompt included, padding excluded), minus ``y``; the penalty is 0
+    where ``N_t`` is empty. It is a softmax cross-entropy of the label against the recent tokens only:
+    once the label outranks the repeats the push fades, where unlikelihood keeps pushing ``p(neg) -> 0``
+    over the whole vocabulary's normaliser. So it acts where copying competes with the gold token, not
+    on every confident position. Mean over label tokens like every regularizer.
+
+    Difference from the reference code (ShaojieJiang/CT-Loss, ``ct_loss.py``): there ``N_t`` is built
+    from the *labels* (so copying the prompt is never penalised and padding is never a negative); here
+    from ``input_ids`` under the attention mask, prompt included. Where every input token is also a label
+    (no prompt masking) the two agree (tested).
+
+    Args:
+        weight: multiplier (>= 0); the authors use 1.
+        window: how many preceding input tokens form the negatives (>= 1; None: the whole sequence so
+            far). The authors use 1/8 of the training sequence length (16 for 128 tokens).
+    """
+
+    name = "contrastive_token"
+    params = ("weight", "window")
+    window = _Checked(_check_window)
+
+    def __init__(self, weight: float = 1.0, window: int | None = 16) -> None:
+        super().__init__(weight)
+        self.window = window
+
+    def requires(self) -> set[str]:
+        return {contrastive_key(self.window)}
+
+    def penalty(self, stats: dict[str, Tensor]) -> Tensor:
+        return stats[contrastive_key(self.window)]
+
+
 REGULARIZERS = {
-    cls.name: cls for cls in (TailMassFloor, EntropyFloor, AntiCopyPenalty, ConfidencePenalty, LabelSmoothing)
+    cls.name: cls
+    for cls in (TailMassFloor, EntropyFloor, AntiCopyPenalty, ConfidencePenalty, LabelSmoothing, ContrastiveToken)
 }

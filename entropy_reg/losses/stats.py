@@ -9,6 +9,8 @@ lse = logsumexp(z), mu = sum_j p_j z_j, the statistics (all ``[R]``) are
     copy        = sum_{c in C} p_c                 (C: copy set of the row, see copyset.py)
     unlikelihood= sum_{c in C} -log(max(1 - p_c, eps))
     smooth      = lse - mean_j z_j                 (CE against the uniform distribution)
+    ct@W        = log(1 + sum_{n in N} exp(z_n - z_y))   (contrastive token; N: the row's negatives
+                  from the last W inputs, see ContrastiveToken; log-sum-exp over {y} u N minus z_y)
 
 Given upstream weights g_* = dLoss/dstat (from autograd on the tiny stat vectors), the gradient is
 
@@ -18,6 +20,8 @@ Given upstream weights g_* = dLoss/dstat (from autograd on the tiny stat vectors
 
 (uses z - mu, never log p, so p underflowing to 0 cannot create 0 * -inf). One dense exp and one
 multiply-add over the chunk, plus sparse scatters into k + |C| + 1 columns; the top-k set is held fixed.
+The contrastive term is sparse only: with ``s_n = exp(z_n - z_y - ct)`` (its softmax weight of n),
+``dct/dz_n = s_n`` for n in N and ``dct/dz_y = -sum_n s_n``; it reads [R, |N|] gathered logits, never p.
 
 Masked logits (``-inf``: padding rows of an LM head, constrained tokens, a ``-inf`` bias) are tokens of
 probability 0: they add nothing to any statistic, get gradient 0, and the uniform distribution of
@@ -108,6 +112,7 @@ def chunk_stats(
     want: set[str],
     ul_eps: float,
     e_out: Tensor | None = None,
+    negatives: dict[str, CopySetIndex] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Statistics of one chunk, plus what the gradient step needs.
 
@@ -120,6 +125,8 @@ def chunk_stats(
         ul_eps: clamp of 1 - p in the unlikelihood.
         e_out: optional preallocated ``[R, V]`` buffer for exp(z - max) (reused across chunks so that
             the pass does not page-fault fresh memory every chunk).
+        negatives: ``{"ct@W": index}``: the contrastive-token terms wanted, each with the index of its
+            negatives (a copy-set index over all attended inputs within its window).
 
     Returns:
         ``(stats, saved)``: stats maps "ce", "entropy", "tail@k", and the wanted extras to ``[R]``;
@@ -169,6 +176,14 @@ def chunk_stats(
             unclamped = mask & (one_minus > ul_eps)
             stats["unlikelihood"] = (-torch.log(one_minus.clamp_min(ul_eps)) * mask).sum(dim=1)
             saved.update(q=torch.where(unclamped, p_c / one_minus.clamp_min(ul_eps), torch.zeros_like(p_c)))
+    for key, index in (negatives or {}).items():
+        cand, mask = index.rows(rows.batch_idx, rows.time_idx, gold)
+        cand = torch.where(mask, cand, torch.zeros_like(cand))
+        margin = (z.gather(1, cand) - z_y[:, None]).masked_fill(~mask, float("-inf"))
+        # log(1 + sum exp(margin)) as a log-sum-exp with the label's own 0 margin: stable for any margin.
+        ct = torch.logsumexp(torch.cat([torch.zeros_like(z_y)[:, None], margin], dim=1), dim=1)
+        stats[key] = ct
+        saved[key] = (cand, torch.exp(margin - ct[:, None]))  # s_n; 0 on masked slots
     if "smooth" in want:
         smooth = lse - z.mean(dim=1)
         if masked is not None:
@@ -257,4 +272,10 @@ def chunk_grad_(
         if g_ul is not None:
             sparse += g_ul[:, None] * saved["q"]
         z.scatter_add_(1, saved["cand"], sparse)
+    for key, g_ct in grads.items():
+        if key.startswith("ct@"):
+            cand, weights = saved[key]
+            weights = g_ct[:, None] * weights
+            z.scatter_add_(1, cand, weights)
+            z.scatter_add_(1, gold[:, None], -weights.sum(dim=1, keepdim=True))
     return z
