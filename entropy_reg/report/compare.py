@@ -5,10 +5,12 @@ Steps (all inputs are validated before the first model loads, so bad options fai
 1. load both models (``.ckpt`` / HF dir / ``.gguf`` / ``"tiny"`` / ``"embedded:..."``), and the
    optional reference (e.g. the model before fine-tuning), and check that their tokenizers agree
    (:mod:`entropy_reg.report.loading`);
-2. generate on the same formatted prompts with the same decodings and seeds (:mod:`.generate`);
-3. teacher-forced perplexity, rep/l, wrep/l on held-out text and the DITTO probe (:mod:`.heldout`);
-4. metric rows with paired bootstrap CIs (:mod:`.rows`): candidate - baseline, and with a reference
-   also baseline - reference and candidate - reference, all on the same resamples.
+2. for each model, :func:`entropy_reg.report.evaluate.measure_model` (the per-model step of
+   ``entropy-reg eval``): generation on the same formatted prompts with the same decodings and seeds
+   (:mod:`.generate`), teacher-forced perplexity, rep/l, wrep/l on held-out text and the DITTO probe
+   (:mod:`.heldout`);
+3. metric rows with paired bootstrap CIs (:func:`.rows.report_rows`): candidate - baseline, and with
+   a reference also baseline - reference and candidate - reference, all on the same resamples.
 
 A reference costs one more model's generation, held-out pass and probe, nothing else.
 """
@@ -19,14 +21,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from entropy_reg.generation import DecodingConfig, parse_decoding
 from entropy_reg.metrics import CollapseThresholds, average_probe_results
 from entropy_reg.report.bootstrap import DEFAULT_RESAMPLES
-from entropy_reg.report.generate import Runs, generate_all
-from entropy_reg.report.heldout import HeldoutStats, encode_heldout, run_probe, teacher_forced
+from entropy_reg.report.evaluate import (
+    POSITIVE_SETTINGS,
+    check_settings,
+    measure_model,
+    parse_decodings,
+    prepare_inputs,
+)
+from entropy_reg.report.generate import Runs
+from entropy_reg.report.heldout import HeldoutStats
 from entropy_reg.report.loading import check_model_path, check_same_tokenizer, load_one
-from entropy_reg.report.prompts import InputError, encode_prompts, load_heldout, load_prompts, probe_sentences
-from entropy_reg.report.rows import REFERENCE, Row, generation_rows, heldout_rows, probe_rows
+from entropy_reg.report.prompts import load_heldout, load_prompts
+from entropy_reg.report.rows import REFERENCE, Row, report_rows
+
+__all__ = ["CompareConfig", "Comparison", "compare_models", "parse_decodings"]
 
 
 @dataclass
@@ -52,15 +62,7 @@ class CompareConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        for name in ("max_new_tokens", "seeds", "batch_size", "max_length", "probe_repeats", "rep_window",
-                     "n_bootstrap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.probe_sentences < 0:
-            raise InputError(f"--probe-sentences must be >= 0, got {self.probe_sentences}")
-        if not self.decodings:
-            raise InputError("--decoding needs at least one decoding name")
+        check_settings(self, POSITIVE_SETTINGS + ("n_bootstrap",))
 
 
 @dataclass
@@ -95,18 +97,6 @@ class Comparison:
         }
 
 
-def parse_decodings(names: list[str]) -> list[DecodingConfig]:
-    try:
-        configs = [parse_decoding(n.strip()) for n in names if n.strip()]
-    except ValueError as err:
-        raise InputError(f"--decoding: {err}") from None
-    if not configs:
-        raise InputError("--decoding needs at least one decoding name")
-    if len({c.name for c in configs}) != len(configs):
-        raise InputError(f"--decoding lists a decoding twice: {names}")
-    return configs
-
-
 def compare_models(config: CompareConfig, thresholds: CollapseThresholds | None = None) -> Comparison:
     """Run the whole comparison (see the module docstring). Raises InputError on bad inputs."""
     config.validate()
@@ -127,38 +117,19 @@ def compare_models(config: CompareConfig, thresholds: CollapseThresholds | None 
     timings["load"] = time.perf_counter() - t0
     tokenizer = models["baseline"][1]
 
-    t0 = time.perf_counter()
-    prompt_ids = encode_prompts(tokenizer, prompts)
-    runs = generate_all(models, prompt_ids, decodings, config.seeds, config.max_new_tokens, config.batch_size,
-                        progress=config.progress)
-    timings["generate"] = time.perf_counter() - t0
+    # The per-model step of `entropy-reg eval`, for each role on the same inputs (baseline's tokenizer).
+    inputs = prepare_inputs(tokenizer, prompts, heldout_texts, config.max_length, config.probe_sentences)
+    results = {role: measure_model(m, tok, inputs, decodings, config, label=role, desc="compare: generating")
+               for role, (m, tok) in models.items()}
+    for step in ("generate", "heldout_and_probe"):
+        timings[step] = sum(r.timings[step] for r in results.values())
+    runs = {d.name: {role: r.runs[d.name] for role, r in results.items()} for d in decodings}
+    heldout = {role: r.heldout for role, r in results.items()}
+    probes = {role: r.probes for role, r in results.items()}
 
     t0 = time.perf_counter()
-    rows_ids = encode_heldout(tokenizer, heldout_texts, config.max_length)
-    if not rows_ids:
-        raise InputError("no held-out text has at least 2 tokens; pass --heldout with real text")
-    heldout = {role: teacher_forced(m, rows_ids, config.batch_size, config.rep_window)
-               for role, (m, _) in models.items()}
-    sentences = probe_sentences(tokenizer, heldout_texts, config.probe_sentences)
-    probes = {role: run_probe(m, tokenizer, sentences, config.probe_repeats) for role, (m, _) in models.items()}
-    timings["heldout_and_probe"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    thresholds = thresholds or CollapseThresholds()
-    rows: list[Row] = []
-    per_sample: dict[str, Any] = {}
-    for i, d in enumerate(decodings):
-        # One RNG stream per section, derived from the user's seed: reproducible and independent.
-        section_rows, kept = generation_rows(d.name, runs[d.name], thresholds, config.n_bootstrap,
-                                             config.bootstrap_seed + 101 * i)
-        rows += section_rows
-        per_sample[d.name] = kept
-    rows += heldout_rows(heldout, config.n_bootstrap, config.bootstrap_seed + 7919)
-    rows += probe_rows(probes, config.n_bootstrap, config.bootstrap_seed + 104729)
-    per_sample["heldout"] = {role: {"ce_sum": s.ce_sum.tolist(), "n_tokens": s.n_tokens.tolist(),
-                                    "rep_hits": s.rep_hits.tolist(), "wrep_hits": s.wrep_hits.tolist()}
-                             for role, s in heldout.items()}
-    per_sample["probe"] = {role: [{k: r[k] for k in ("tp", "ip", "wr")} for r in p] for role, p in probes.items()}
+    rows, per_sample = report_rows(runs, heldout, probes, thresholds or CollapseThresholds(), config.n_bootstrap,
+                                   config.bootstrap_seed)
     timings["metrics_and_bootstrap"] = time.perf_counter() - t0
     probe_avg = {role: average_probe_results(p) for role, p in probes.items() if p}
     return Comparison(config, prompts, rows, runs, per_sample, probe_avg, heldout, timings, tokenizer)

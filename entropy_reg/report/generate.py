@@ -49,15 +49,20 @@ def generate_all(
     max_new_tokens: int,
     batch_size: int,
     progress: bool = True,
+    desc: str = "compare: generating",
 ) -> dict[str, dict[str, Runs]]:
-    """``{decoding name: {role: Runs}}`` for every role in ``models`` (``{role: (model, tokenizer)}``)."""
+    """``{decoding name: {role: Runs}}`` for every role in ``models`` (``{role: (model, tokenizer)}``).
+
+    The bar (``desc``) counts prompts and moves once per prompt batch; its postfix names the model
+    (role), decoding and seed being generated.
+    """
     from tqdm.auto import tqdm
 
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     total = len(models) * sum(len(seeds_for(d, n_seeds)) for d in decodings) * len(prompt_ids)
     out: dict[str, dict[str, Runs]] = {d.name: {} for d in decodings}
-    with tqdm(total=total, unit="prompt", desc="compare: generating", disable=not progress) as bar:
+    with tqdm(total=total, unit="prompt", desc=desc, disable=not progress) as bar:
         for role, (model, tokenizer) in models.items():
             for decoding in decodings:
                 seeds = seeds_for(decoding, n_seeds)

@@ -276,3 +276,28 @@ def probe_rows(probes: dict[str, list[dict[str, Any]]], n_resamples: int, seed: 
         rows.append(pair(section, key, label, variant, lambda m, vals=vals: float(vals[m].mean()),
                          lambda m, vals=vals: bs.mean_stat(res, vals[m])))
     return rows
+
+
+def report_rows(runs: dict[str, dict[str, Runs]], heldout: dict[str, HeldoutStats],
+                probes: dict[str, list[dict[str, Any]]], thresholds: CollapseThresholds, n_resamples: int,
+                seed: int) -> tuple[list[Row], dict[str, Any]]:
+    """All rows of a report and its per-sample values, from ``{decoding: {role: Runs}}``, ``{role:
+    HeldoutStats}`` and ``{role: [probe result per sentence]}`` (roles: baseline, candidate, reference).
+
+    Used by ``compare_models`` and by ``pair_evaluations`` (two saved one-model evaluations), so both
+    give the same rows and CIs for the same inputs.
+    """
+    rows: list[Row] = []
+    per_sample: dict[str, Any] = {}
+    for i, name in enumerate(runs):
+        # One RNG stream per section, derived from the user's seed: reproducible and independent.
+        section_rows, kept = generation_rows(name, runs[name], thresholds, n_resamples, seed + 101 * i)
+        rows += section_rows
+        per_sample[name] = kept
+    rows += heldout_rows(heldout, n_resamples, seed + 7919)
+    rows += probe_rows(probes, n_resamples, seed + 104729)
+    per_sample["heldout"] = {role: {"ce_sum": s.ce_sum.tolist(), "n_tokens": s.n_tokens.tolist(),
+                                    "rep_hits": s.rep_hits.tolist(), "wrep_hits": s.wrep_hits.tolist()}
+                             for role, s in heldout.items()}
+    per_sample["probe"] = {role: [{k: r[k] for k in ("tp", "ip", "wr")} for r in p] for role, p in probes.items()}
+    return rows, per_sample
