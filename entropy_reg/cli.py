@@ -7,7 +7,7 @@
     entropy-reg fit --config recipes/tiny/combined.yaml --print_config
     entropy-reg validate --config recipes/tiny/combined.yaml --ckpt_path runs/.../last.ckpt
     entropy-reg compare BASELINE_RUN CANDIDATE_RUN ...      (see entropy_reg.report.cli)
-    entropy-reg export RUN.ckpt --out DIR                    (see entropy_reg.export)
+    entropy-reg export RUN.ckpt --out DIR                    (see entropy_reg.models.export)
 
 Model and data are in subclass mode: recipes give ``class_path``/``init_args`` (so a recipe can name
 your own LightningModule or datamodule), and overrides may spell either ``--model.init_args.x`` or the
@@ -16,14 +16,14 @@ shorthand ``--model.x``. ``model.model_name_or_path`` and ``model.gguf_file`` ar
 repeat it (a linked key cannot be set in the data block).
 
 Before any logger starts, W&B is switched to offline mode if no API key is configured (see
-:func:`entropy_reg.logging_utils.configure_wandb_env`); if ``wandb`` cannot be imported, a
+:func:`entropy_reg.training.wandb_env.configure_wandb_env`); if ``wandb`` cannot be imported, a
 ``WandbLogger`` in the config is replaced by a ``CSVLogger`` in the same ``save_dir``. An unnamed
 ``WandbLogger`` is named after the recipe file (``recipes/tiny/combined.yaml`` -> ``tiny-combined``).
 
 Errors: a user error (a value a constructor rejects, a bad data file, an unreadable checkpoint, an
 unwritable directory: any :class:`~entropy_reg.errors.UserError`) prints one ``entropy-reg: error:``
 line and exits 2; anything else is a bug and keeps its traceback (exit 1). ``--ckpt_path`` resumes
-the checkpoint's run and refuses model/data settings that differ from it (:mod:`entropy_reg.resume`);
+the checkpoint's run and refuses model/data settings that differ from it (:mod:`entropy_reg.training.resume`);
 ``--model.init_from CKPT`` starts a new run from its weights.
 """
 
@@ -47,7 +47,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from entropy_reg.errors import UserError, exception_chain, exit_on_user_error, find_user_error
-from entropy_reg.logging_utils import configure_wandb_env, wandb_available
+from entropy_reg.training.wandb_env import configure_wandb_env, wandb_available
 
 _WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 _CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
@@ -124,8 +124,8 @@ class EntropyRegCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning's hook that fills the model config from ``--ckpt_path``: see :mod:`entropy_reg.resume`."""
-        from entropy_reg.resume import resume_config
+        """Lightning's hook that fills the model config from ``--ckpt_path``: see :mod:`entropy_reg.training.resume`."""
+        from entropy_reg.training.resume import resume_config
 
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("ckpt_path"):
@@ -259,7 +259,7 @@ def _compare(argv: Sequence[str]) -> Any:
 
 
 def _export(argv: Sequence[str]) -> Any:
-    from entropy_reg.export import main as export_main
+    from entropy_reg.models.export import main as export_main
 
     return export_main(list(argv))
 

@@ -8,17 +8,16 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn as nn
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from entropy_reg.callbacks.schedule import CoefficientSchedule
-from entropy_reg.hf_call import SHARDING_STRATEGIES, logit_transform
-from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
-from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
+from entropy_reg.models.forward import hidden_path_blocker
 from entropy_reg.objectives import Objective, ObjectiveRunner
+from entropy_reg.training.nonfinite import TrainStepLog, nonfinite_on_any_rank
+from entropy_reg.training.schedule import CoefficientSchedule
+from entropy_reg.training.stats_window import StatsWindow
 
 
 def _build_schedule(schedule: CoefficientSchedule | dict[str, Any] | None) -> CoefficientSchedule | None:
@@ -123,13 +122,13 @@ class CausalLMModule(LightningModule):
             the steps they run (``rate``) ``loss_fn.scale * weight * loss`` is added to the step's loss
             (so ``CoefficientSchedule`` ramps them with the regularizers). Logged as ``train/<name>``
             and ``train/<name>/<stat>``; kept in the hyper-parameters as ``class_path`` dicts.
-        lora: LoRA settings (:mod:`entropy_reg.lora`: ``r``, ``alpha``, ``dropout``,
+        lora: LoRA settings (:mod:`entropy_reg.models.lora`: ``r``, ``alpha``, ``dropout``,
             ``target_modules`` (default ``"all-linear"``), any other ``peft.LoraConfig`` field); None
             (default) fine-tunes all weights. With LoRA only the adapters train, the hidden-state loss
             path still applies, and checkpoints hold only the adapter weights (the base model is
             rebuilt from ``model_name_or_path``); ``entropy-reg compare``/``export`` load them.
         schedule: the coefficient ``c(step)`` of every regularizer and objective
-            (:class:`~entropy_reg.callbacks.CoefficientSchedule`, or its arguments as a dict), set on
+            (:class:`~entropy_reg.training.CoefficientSchedule`, or its arguments as a dict), set on
             ``loss_fn.scale`` before each training step; e.g. ``hold_steps=20`` lets plain SFT run
             first and turns the regularizers and objectives on afterwards (objectives do not run, and
             cost nothing, while ``c == 0``). None (default): ``c = 1`` throughout.
@@ -202,7 +201,7 @@ class CausalLMModule(LightningModule):
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:
-            from entropy_reg.lora import apply_lora
+            from entropy_reg.models.lora import apply_lora
 
             self.model = apply_lora(self.model, lora, "CausalLMModule: lora")
             # Checkpoints hold only the adapters (on_save_checkpoint): Lightning's load is then
@@ -211,27 +210,18 @@ class CausalLMModule(LightningModule):
         self._train_stats = StatsWindow("train/", prog_bar=("loss", "entropy"))
         self._val_stats = StatsWindow("val/", prog_bar=())
         self._warned_fallback = False
-        self._nonfinite_skipped = 0
-        self._drop_next_update = False
+        self._steps = TrainStepLog(
+            "CausalLMModule", on_nonfinite, self._train_stats,
+            "Lower the learning rate, enable gradient clipping or bf16-mixed precision, check the data, or set "
+            "model.on_nonfinite='skip' to skip such steps.",
+        )
 
     # -- forward paths --------------------------------------------------------------------------------
     def _hidden_path_blocker(self) -> str | None:
         """Why the hidden-state path cannot be used (None when it can)."""
         if not self.hparams.use_hidden_path:
             return "use_hidden_path=False"
-        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
-        if strategy in SHARDING_STRATEGIES:
-            return f"{strategy} shards the LM-head weight"
-        head = self.model.get_output_embeddings()
-        if type(head) is not nn.Linear:
-            return f"the LM head is a {type(head).__name__}, not a plain nn.Linear"
-        transform = logit_transform(self.model)
-        if transform is not None:
-            return f"the model transforms its logits ({transform})"
-        get_decoder = getattr(self.model, "get_decoder", None)
-        if get_decoder is None or get_decoder() is None:
-            return "the model has no get_decoder()"
-        return None
+        return hidden_path_blocker(self.model, self.trainer.strategy if self._trainer is not None else None)
 
     def _loss(self, batch: dict[str, Tensor], num_tokens: float | None = None):
         labels, input_ids = batch["labels"], batch["input_ids"]
@@ -309,43 +299,18 @@ class CausalLMModule(LightningModule):
         )
 
     def _log_train_window(self, final: bool = False) -> None:
-        # Called exactly once per training_step on every rank (skipped steps included): the window's
-        # cadence decides who joins its collective. final: the window still open when training ends.
-        if self._train_stats.has_open_window() if final else self._train_stats.step_is_log_step(self.trainer):
-            metrics = self._train_stats.reduce(self.trainer.strategy)
-            metrics["train/reg_scale"] = torch.tensor(float(self.loss_fn.scale))
-            if self._objectives:
-                metrics.update(self._objectives.stats.reduce(self.trainer.strategy))
-            if self._nonfinite_skipped:
-                metrics["train/nonfinite_skipped"] = torch.tensor(float(self._nonfinite_skipped))
-            self._train_stats.log(self.trainer, self, metrics, final=final)
+        self._steps.log_window(self.trainer, self, self.loss_fn.scale, self._objectives, final=final)
 
     def on_train_end(self) -> None:
         # A run shorter than log_every_n_steps (or ending mid-window) still logs its last window.
         self._log_train_window(final=True)
 
-    def _handle_nonfinite(self, error: FloatingPointError | None, batch_idx: int) -> None:
-        trainer = self.trainer
-        where = f"global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
-        cause = str(error) if error is not None else "on another rank"
-        if self.hparams.on_nonfinite == "raise":
-            raise FloatingPointError(
-                f"CausalLMModule: non-finite loss at {where}: {cause}. The weights were not updated at this "
-                "step. Lower the learning rate, enable gradient clipping or bf16-mixed precision, check the "
-                "data, or set model.on_nonfinite='skip' to skip such steps."
-            ) from error
-        self._nonfinite_skipped += 1
-        self._drop_next_update = True  # also drops micro-batches already accumulated into this step
-        rank_zero_warn(f"CausalLMModule: skipping {where}: non-finite loss ({cause}); no weight update.")
-        self._log_train_window()
-        # One process: None is Lightning's own "skip this batch". DDP: Lightning refuses None, so every
-        # rank backpropagates an exact 0 and the gradients are dropped before the update.
-        return skip_step_loss(self) if trainer.world_size > 1 else None
+    def _handle_nonfinite(self, error: FloatingPointError | None, batch_idx: int) -> Tensor | None:
+        self._steps.on_nonfinite = self.hparams.on_nonfinite
+        return self._steps.handle_nonfinite(self.trainer, self, error, batch_idx, self.loss_fn.scale, self._objectives)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._drop_next_update:
-            self._drop_next_update = False
-            drop_gradients(optimizer)
+        self._steps.before_optimizer_step(optimizer)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._loss(batch)
@@ -370,11 +335,11 @@ class CausalLMModule(LightningModule):
         # The log cadence counts training_step calls; a resumed run continues it (see StatsWindow).
         checkpoint["entropy_reg"] = {
             "train_stats": self._train_stats.state_dict(),
-            "nonfinite_skipped": self._nonfinite_skipped,
+            "nonfinite_skipped": self._steps.skipped,
             "objectives": self._objectives.state_dict(),
         }
         if self.hparams.get("lora") is not None:  # the frozen base is rebuilt from model_name_or_path
-            from entropy_reg.lora import trainable_state_dict
+            from entropy_reg.models.lora import trainable_state_dict
 
             checkpoint["state_dict"] = trainable_state_dict(self)
 
@@ -382,10 +347,10 @@ class CausalLMModule(LightningModule):
         state = checkpoint.get("entropy_reg") or {}
         if "train_stats" in state:
             self._train_stats.load_state_dict(state["train_stats"])
-        self._nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        self._steps.skipped = int(state.get("nonfinite_skipped", 0))
         self._objectives.load_state_dict(state.get("objectives") or {})
         if self.hparams.get("lora") is not None:
-            from entropy_reg.lora import check_adapter_keys
+            from entropy_reg.models.lora import check_adapter_keys
 
             check_adapter_keys(self, checkpoint.get("state_dict") or {}, "CausalLMModule")
 

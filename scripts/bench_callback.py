@@ -63,7 +63,7 @@ def _reset_hwm() -> None:
 def _batches(tokenizer, n: int, batch: int, seq: int):
     import torch
 
-    from entropy_reg.embedded import embedded_sft_records
+    from entropy_reg.data.pydoc_corpus import embedded_sft_records
 
     ids: list[int] = []
     for rec in embedded_sft_records():

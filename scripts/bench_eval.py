@@ -76,7 +76,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from entropy_reg.generation import _eos_ids, _left_pad, generate_with_entropy, parse_decoding
+    from entropy_reg.generation.decode import _eos_ids, _left_pad, generate_with_entropy, parse_decoding
 
     if args.smollm2:
         try:

@@ -2,7 +2,7 @@
 
 One training step = CausalLMModule's hidden-state loss (plain CE) on a 4 x 128 batch, backward, AdamW
 step over the trainable parameters. The GGUF model is dequantised once and written as a plain HF
-directory (entropy_reg.export.serializable), so that the measuring processes load it in a second and
+directory (entropy_reg.models.export.serializable), so that the measuring processes load it in a second and
 the GGUF dequantisation peak does not mask the training peak.
 
 Each measurement runs in its own process (peak memory = the process' ru_maxrss, and "above the loaded
@@ -83,7 +83,7 @@ def child(mode: str, model_dir: str, steps: int, r: int, threads: int) -> dict:
 def write_plain_model(out: str) -> None:
     from transformers.utils import logging as hf_logging
 
-    from entropy_reg.export import serializable
+    from entropy_reg.models.export import serializable
 
     hf_logging.disable_progress_bar()
     from entropy_reg.models import SMOLLM2_NAME, load_causal_lm

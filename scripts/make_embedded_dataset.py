@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from entropy_reg.embedded import corpus_fingerprint, embedded_sft_records, python_docs_version
+from entropy_reg.data.pydoc_corpus import corpus_fingerprint, embedded_sft_records, python_docs_version
 
 
 def write_jsonl(records: list[dict], path: Path) -> None:

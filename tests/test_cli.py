@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from entropy_reg import cli as cli_mod
-from entropy_reg.logging_utils import configure_wandb_env, wandb_api_key_configured
+from entropy_reg.training.wandb_env import configure_wandb_env, wandb_api_key_configured
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:LightningCLI's args parameter"),

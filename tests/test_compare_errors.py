@@ -7,7 +7,7 @@ import torch
 
 from entropy_reg.models import save_pretrained_dir
 from entropy_reg.report.cli import main, split_decodings
-from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64}
 

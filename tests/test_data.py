@@ -17,7 +17,7 @@ from entropy_reg.data import (
     tokenize_prompt_response,
 )
 from entropy_reg.errors import MissingFileError, UserError
-from entropy_reg.tiny import build_tiny_tokenizer
+from entropy_reg.models.tiny import build_tiny_tokenizer
 
 ROWS = [{"prompt": f"Question {i}?", "response": f"Answer number {i} is here."} for i in range(10)]
 

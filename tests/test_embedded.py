@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from entropy_reg import embedded
-from entropy_reg.embedded import (
+from entropy_reg.data import pydoc_corpus as embedded
+from entropy_reg.data.pydoc_corpus import (
     MAX_RESPONSE_CHARS,
     MIN_RESPONSE_CHARS,
     clean_text,
@@ -52,7 +52,7 @@ def test_bad_split_name():
 
 
 def test_deterministic_across_hash_seeds():
-    code = "from entropy_reg.embedded import corpus_fingerprint as f; print(f('all'))"
+    code = "from entropy_reg.data.pydoc_corpus import corpus_fingerprint as f; print(f('all'))"
     outs = {
         subprocess.run(
             [sys.executable, "-c", code],

@@ -13,7 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from entropy_reg import cli as top_cli
-from entropy_reg import export as export_mod
+from entropy_reg.models import export as export_mod
 from entropy_reg.models import SMOLLM2_NAME, load_causal_lm, load_checkpoint_model, load_tokenizer
 from entropy_reg.module import CausalLMModule
 

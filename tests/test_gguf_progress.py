@@ -4,7 +4,7 @@ import pytest
 import transformers.modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
-from entropy_reg.models import _from_pretrained
+from entropy_reg.models.loading import _from_pretrained
 
 
 class _RecordingLoader:

@@ -9,7 +9,7 @@ from transformers.integrations import WandbCallback
 
 from entropy_reg.hf import EntropyEvalCallback, EntropyRegularizedTrainerLoss, attach
 from entropy_reg.losses import AntiCopyPenalty, EntropyRegularizedLoss
-from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
 METRICS = ("entropy_mean", "entropy_p10", "seq_rep_4", "rep_2", "distinct_2", "uniq_seq", "eos_rate",
            "degenerate_frac", "repetitive_frac", "divergent_frac", "healthy_frac", "low_entropy_run")

@@ -8,7 +8,7 @@ from lightning.pytorch import Trainer
 from tiny_models import TINY, three_term_loss, tiny_sft_datamodule
 
 from entropy_reg.data import SFTDataModule
-from entropy_reg.lora import apply_lora, lora_config
+from entropy_reg.models.lora import apply_lora, lora_config
 from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.models import load_checkpoint_model, load_model_and_tokenizer
 from entropy_reg.module import CausalLMModule
@@ -73,7 +73,7 @@ def test_settings_map_to_peft_and_unknown_targets_fail():
     assert (config.r, config.lora_alpha, config.lora_dropout) == (2, 4, 0.1)
     assert set(config.target_modules) == {"q_proj", "v_proj"}
     assert lora_config(None).target_modules == "all-linear"
-    from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+    from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
     model = build_tiny_llama(build_tiny_tokenizer(), **TINY)
     with pytest.raises(ValueError, match="lora:.*not_a_layer"):

@@ -14,8 +14,8 @@ from transformers import Trainer, TrainingArguments
 
 from entropy_reg.callbacks import EntropyRegularizer
 from entropy_reg.hf import EntropyRegularizedTrainerLoss, attach
-from entropy_reg.hf_utils import find_causal_lm
-from entropy_reg.lora import apply_lora
+from entropy_reg.models.find import find_causal_lm
+from entropy_reg.models.lora import apply_lora
 from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
 
 V, B, T = 64, 4, 12
@@ -134,8 +134,8 @@ def test_trl_sft_trainer_with_peft_config(tmp_path):
     import warnings
 
     from entropy_reg.hf import EntropyEvalCallback
-    from entropy_reg.lora import lora_config
-    from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+    from entropy_reg.models.lora import lora_config
+    from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_llama(tokenizer, n_layer=1, n_embd=32, n_head=2, intermediate_size=64)

@@ -63,7 +63,7 @@ def test_collapse_class_rules():
 
 @pytest.fixture(scope="module")
 def tok():
-    from entropy_reg.tiny import build_tiny_tokenizer
+    from entropy_reg.models.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

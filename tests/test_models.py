@@ -5,7 +5,7 @@ import importlib.metadata
 import pytest
 import torch
 
-from entropy_reg import models
+from entropy_reg.models import loading as models
 from entropy_reg.errors import UserError
 from entropy_reg.models import (
     load_causal_lm,

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from entropy_reg import tiny
-from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+from entropy_reg.models import tiny
+from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from datasets import Dataset  # noqa: E402
 
 from entropy_reg.hf import EntropyEvalCallback, EntropyRegularizedTrainerLoss, attach  # noqa: E402
 from entropy_reg.losses import AntiCopyPenalty, EntropyRegularizedLoss, TailMassFloor  # noqa: E402
-from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer  # noqa: E402
+from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer  # noqa: E402
 
 
 class SpyLoss(EntropyRegularizedTrainerLoss):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from entropy_reg.models import save_pretrained_dir
-from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64}
 PROMPTS = ["What does the function `json.dumps` do?", "Explain the Python topic 'for'.", "请解释 Python 中的 for 语句。"]

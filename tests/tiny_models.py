@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
 
-# CausalLMModule(tiny_config=TINY): a 1-layer, 32-wide Llama with the tiny tokenizer (entropy_reg.tiny).
+# CausalLMModule(tiny_config=TINY): a 1-layer, 32-wide Llama with the tiny tokenizer (entropy_reg.models.tiny).
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64, "max_position_embeddings": 64}
 
 

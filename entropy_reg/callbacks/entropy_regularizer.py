@@ -11,9 +11,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from entropy_reg.callbacks.schedule import CoefficientSchedule
-from entropy_reg.hf_call import (
-    HF_IGNORE_INDEX,
+from entropy_reg.data.formatting import IGNORE_INDEX
+from entropy_reg.losses import EntropyRegularizedLoss
+from entropy_reg.losses.loss import LossOutput
+from entropy_reg.models.find import find_causal_lm, find_tokenizer
+from entropy_reg.models.forward import (
     CallArgs,
     HeadBypass,
     hidden_path_blocker,
@@ -23,12 +25,10 @@ from entropy_reg.hf_call import (
     plain_ce_blocker,
     with_loss,
 )
-from entropy_reg.hf_utils import find_causal_lm, find_tokenizer
-from entropy_reg.logging_utils import StatsWindow
-from entropy_reg.losses import EntropyRegularizedLoss
-from entropy_reg.losses.loss import LossOutput
-from entropy_reg.nonfinite import drop_gradients, nonfinite_on_any_rank, skip_step_loss
 from entropy_reg.objectives import Objective, ObjectiveRunner
+from entropy_reg.training.nonfinite import TrainStepLog, nonfinite_on_any_rank
+from entropy_reg.training.schedule import CoefficientSchedule
+from entropy_reg.training.stats_window import StatsWindow
 
 _PROG_BAR_KEYS = ("loss", "ce", "reg_loss", "entropy", "tail_mass", "copy_mass", "reg_scale")
 
@@ -185,9 +185,11 @@ class EntropyRegularizer(Callback):
         self.one_pass = one_pass
         self.hidden_path = hidden_path
         self._objectives = ObjectiveRunner(objectives, "EntropyRegularizer")
-        self.nonfinite_skipped = 0
-        self._drop_next_update = False
         self._window = StatsWindow("train/", prog_bar, log_every_n_steps)
+        self._steps = TrainStepLog(
+            "EntropyRegularizer", on_nonfinite, self._window,
+            "Lower the learning rate, clip gradients, check the data, or pass on_nonfinite='skip' to skip such steps.",
+        )
         self.last_scale: float = float(loss.scale)
         self.last_step: int | None = None
         self.path: str | None = None
@@ -225,7 +227,7 @@ class EntropyRegularizer(Callback):
         self._one_pass_blocker = (
             plain_ce_blocker(model, self.loss.ignore_index) if self.one_pass else "one_pass=False"
         )
-        self._hidden_blocker = hidden_path_blocker(model, trainer.strategy) if self.hidden_path else None
+        self._hidden_blocker = hidden_path_blocker(model, trainer.strategy, needs_decoder=False) if self.hidden_path else None
         if self.hidden_path and self._hidden_blocker is None:
             self._bypass = HeadBypass(model.get_output_embeddings())
         self._handles = [
@@ -288,7 +290,7 @@ class EntropyRegularizer(Callback):
         for key in ("shift_labels", "logits_to_keep"):
             if kwargs.get(key) not in (None, 0):
                 return ADDITIVE, f"the call passes {key}"
-        if kwargs.get("ignore_index", HF_IGNORE_INDEX) != self.loss.ignore_index:
+        if kwargs.get("ignore_index", IGNORE_INDEX) != self.loss.ignore_index:
             return ADDITIVE, f"the call passes ignore_index={kwargs['ignore_index']}"
         if not self.hidden_path:
             return ONE_PASS, None
@@ -439,44 +441,25 @@ class EntropyRegularizer(Callback):
             self._lm, batch, step=trainer.global_step, scale=self.loss.scale, strategy=trainer.strategy
         )
 
+    @property
+    def nonfinite_skipped(self) -> int:
+        """Training steps skipped for a non-finite loss (``on_nonfinite="skip"``)."""
+        return self._steps.skipped
+
     def _log_window(self, trainer: Trainer, final: bool = False) -> None:
-        # Once per training_step on every rank (skipped steps included): the cadence decides who
-        # joins the window's collective. final: the window still open when training ends.
-        if self._window.has_open_window() if final else self._window.step_is_log_step(trainer):
-            metrics = self._window.reduce(trainer.strategy)
-            metrics["train/reg_scale"] = torch.tensor(self.last_scale)
-            if self._objectives:
-                metrics.update(self._objectives.stats.reduce(trainer.strategy))
-            if self.nonfinite_skipped:
-                metrics["train/nonfinite_skipped"] = torch.tensor(float(self.nonfinite_skipped))
-            self._window.log(trainer, self._module, metrics, final=final)
+        self._steps.log_window(trainer, self._module, self.last_scale, self._objectives, final=final)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A run shorter than log_every_n_steps (or ending mid-window) still logs its last window.
         self._log_window(trainer, final=True)
 
-    def _handle_nonfinite(self, trainer: Trainer, error: FloatingPointError | None, args: tuple) -> None:
+    def _handle_nonfinite(self, trainer: Trainer, error: FloatingPointError | None, args: tuple) -> Tensor | None:
         batch_idx = args[1] if len(args) > 1 else "?"
-        where = f"global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
-        cause = str(error) if error is not None else "on another rank"
-        if self.on_nonfinite == "raise":
-            raise FloatingPointError(
-                f"EntropyRegularizer: non-finite loss at {where}: {cause}. The weights were not updated at "
-                "this step. Lower the learning rate, clip gradients, check the data, or pass "
-                "on_nonfinite='skip' to skip such steps."
-            ) from error
-        self.nonfinite_skipped += 1
-        self._drop_next_update = True
-        rank_zero_warn(f"EntropyRegularizer: skipping {where}: non-finite loss ({cause}); no weight update.")
-        self._log_window(trainer)
-        # One process: None is Lightning's "skip this batch"; DDP refuses None, so every rank
-        # backpropagates an exact 0 and the gradients are dropped before the update.
-        return skip_step_loss(self._module) if trainer.world_size > 1 else None
+        self._steps.on_nonfinite = self.on_nonfinite
+        return self._steps.handle_nonfinite(trainer, self._module, error, batch_idx, self.last_scale, self._objectives)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        if self._drop_next_update:
-            self._drop_next_update = False
-            drop_gradients(optimizer)
+        self._steps.before_optimizer_step(optimizer)
 
     def _user_loss(self, result: Any) -> Tensor:
         name = type(self._module).__name__
@@ -562,7 +545,7 @@ class EntropyRegularizer(Callback):
                 self.schedule.load_state_dict(saved)
         self.last_scale = float(state_dict.get("last_scale", self.last_scale))
         self.last_step = state_dict.get("last_step")
-        self.nonfinite_skipped = int(state_dict.get("nonfinite_skipped", 0))
+        self._steps.skipped = int(state_dict.get("nonfinite_skipped", 0))
         self._objectives.load_state_dict(state_dict.get("objectives") or {})
         if "window" in state_dict:
             self._window.load_state_dict(state_dict["window"])

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from entropy_reg.hf_utils import model_device
 from entropy_reg.metrics.entropy import entropy_and_logsumexp
+from entropy_reg.models.find import model_device
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """EntropyEvalCallback: the Lightning ``GenerationEval`` evaluation for ``transformers.Trainer``.
 
-The metric code is the Lightning callback's own: this callback holds a ``GenerationEval`` (built from the
-same arguments, which validates them) and calls its ``measure`` (generation, metrics, probe) and
+The metric code is the Lightning callback's own: this callback holds a ``GenerationEvaluator`` (what
+``GenerationEval`` measures with, built from the same arguments, which validates them) and calls its ``measure`` (generation, metrics, probe) and
 ``wandb_extras``, so both paths compute identical numbers.
 
 Names: the Trainer's reporting integrations rename keys (``eval_x`` -> ``eval/x``, anything else ->
@@ -17,8 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from entropy_reg.callbacks.generation_eval import GenerationEval
-from entropy_reg.generation import DecodingConfig
+from entropy_reg.generation import DecodingConfig, GenerationEvaluator
 from entropy_reg.metrics import DEFAULT_LOW_ENTROPY_THRESHOLD, CollapseThresholds
 
 
@@ -83,7 +82,7 @@ class EntropyEvalCallback(TrainerCallback):
         if every_n_steps is None and not on_evaluate:
             raise ValueError("EntropyEvalCallback would never run: set every_n_steps or on_evaluate=True")
         try:
-            self._eval = GenerationEval(
+            self._eval = GenerationEvaluator(
                 prompts=prompts, every_n_steps=every_n_steps, on_validation_end=on_evaluate,
                 decodings=decodings, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                 log_table=log_table, log_histogram=log_histogram, low_entropy_threshold=low_entropy_threshold,

@@ -23,17 +23,17 @@ Two things the call does not give us, and how they are obtained:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from entropy_reg.callbacks.schedule import CoefficientSchedule
-from entropy_reg.logging_utils import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
+from entropy_reg.models.forward import num_items, output_logits
 from entropy_reg.objectives import Objective, ObjectiveRunner
+from entropy_reg.training.schedule import CoefficientSchedule
+from entropy_reg.training.stats_window import StatsWindow
 
 # `Trainer(compute_loss_func=...)` and `num_items_in_batch` arrived in transformers 4.46 (PR #34198).
 MIN_TRANSFORMERS = "4.46"
@@ -229,12 +229,7 @@ class EntropyRegularizedTrainerLoss:
 
     @staticmethod
     def _logits(outputs: Any) -> Tensor:
-        if isinstance(outputs, Mapping):  # ModelOutput is an OrderedDict
-            logits = outputs.get("logits")
-        elif isinstance(outputs, tuple | list) and outputs:
-            logits = outputs[0]  # return_dict=False without labels: (logits, ...)
-        else:
-            logits = getattr(outputs, "logits", None)
+        logits = output_logits(outputs, had_labels=False)  # return_dict=False without labels: (logits, ...)
         if not isinstance(logits, Tensor) or logits.dim() != 3:
             raise RuntimeError(
                 "EntropyRegularizedTrainerLoss: the model output has no [B, T, V] logits (got "
@@ -243,16 +238,9 @@ class EntropyRegularizedTrainerLoss:
             )
         return logits
 
-    @staticmethod
-    def _num_tokens(num_items_in_batch: Tensor | int | float | None) -> float | None:
-        if num_items_in_batch is None:
-            return None
-        if isinstance(num_items_in_batch, Tensor) and num_items_in_batch.dim():
-            # nn.DataParallel (several GPUs, one process): the Trainer repeats the count once per GPU.
-            num_items_in_batch = num_items_in_batch.reshape(-1)[0]
-        n = float(num_items_in_batch)
-        # 0: an accumulated batch without any target; the loss is 0 whatever divides it.
-        return n if n > 0 else None
+    # nn.DataParallel (several GPUs, one process) repeats the count once per GPU; 0 (an accumulated batch
+    # without any target) divides nothing: the local count is used.
+    _num_tokens = staticmethod(num_items)
 
     def __repr__(self) -> str:
         return (

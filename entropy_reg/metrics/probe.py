@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from entropy_reg.hf_utils import model_device
 from entropy_reg.metrics._inputs import as_id_list
+from entropy_reg.models.find import model_device
 
 
 def self_reinforcement_probe(

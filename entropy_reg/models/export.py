@@ -38,7 +38,13 @@ from typing import Any
 
 import torch
 
-from entropy_reg.errors import MissingFileError, UserError, exit_on_user_error
+from entropy_reg.errors import UserError, exit_on_user_error
+from entropy_reg.models.loading import (
+    checkpoint_hparams,
+    load_checkpoint_model,
+    load_tokenizer,
+    read_checkpoint,
+)
 
 PROBE_TEXT = "The for statement is used to iterate over the elements of a sequence. 请解释 Python 中的 for 语句。"
 # Max |logit difference| between the checkpoint model and the exported one read back: a float32
@@ -61,21 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_hparams(path: Path) -> dict[str, Any]:
     """The checkpoint's hyper-parameters, checked to come from CausalLMModule (tensors are mmapped, not read)."""
-    if not path.exists():
-        raise MissingFileError(f"checkpoint not found: {str(path)!r}")
-    if path.is_dir():
-        raise UserError(f"{str(path)!r} is a directory; pass the .ckpt file written by `entropy-reg fit` "
-                        "(e.g. runs/.../checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # truncated zip, pickle error, not a torch file at all
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{str(path)!r} is not a readable PyTorch checkpoint ({first})") from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "model_name_or_path" not in hparams:
-        raise UserError(f"{str(path)!r} is not a CausalLMModule checkpoint (no model_name_or_path in its "
-                        "hyper_parameters); export takes the .ckpt files of `entropy-reg fit`")
-    return dict(hparams)
+    return checkpoint_hparams(read_checkpoint(path, mmap=True), str(path))
 
 
 def check_out_dir(out: Path) -> None:
@@ -170,8 +162,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ada
             full fine-tuning checkpoint); nothing is written then.
         RuntimeError: the written directory does not reproduce the checkpoint (a bug; nothing is left).
     """
-    from entropy_reg.lora import is_peft_model
-    from entropy_reg.models import load_checkpoint_model, load_tokenizer
+    from entropy_reg.models.lora import is_peft_model
 
     ckpt, out = Path(checkpoint).expanduser(), Path(out).expanduser()
     check_out_dir(out)

@@ -1,6 +1,6 @@
 """Reading and rewriting one forward call of a Hugging Face causal LM from hooks.
 
-The :class:`~entropy_reg.callbacks.EntropyRegularizer` callback replaces the model's own cross-entropy
+The :class:`~entropy_reg.callbacks.EntropyRegularizer` callback (and ``entropy_reg.hf``'s loss) replaces the model's own cross-entropy
 by the one-pass CE + regularizers without touching the user's code: a forward pre-hook takes ``labels``
 out of the call (so the model computes no loss), a forward hook puts the one-pass loss into the output.
 This module holds the parts that know how a transformers causal LM is called and what it returns:
@@ -25,8 +25,8 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-# transformers' ForCausalLMLoss ignores this label value unless the call passes another `ignore_index`.
-HF_IGNORE_INDEX = -100
+from entropy_reg.data.formatting import IGNORE_INDEX
+
 # Config attributes of HF models whose logits are not `lm_head(hidden)`: for those, the hidden-state
 # path would silently compute a different loss, so they take the logits path.
 LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -87,19 +87,38 @@ def plain_ce_blocker(model: nn.Module, ignore_index: int) -> str | None:
     transform = logit_transform(model)
     if transform is not None:
         return f"the model transforms its logits ({transform})"
-    if ignore_index != HF_IGNORE_INDEX:
-        return f"loss.ignore_index is {ignore_index} while the model's CE ignores {HF_IGNORE_INDEX}"
+    if ignore_index != IGNORE_INDEX:
+        return f"loss.ignore_index is {ignore_index} while the model's CE ignores {IGNORE_INDEX}"
     return None
 
 
-def hidden_path_blocker(model: nn.Module, strategy: Any) -> str | None:
-    """Why the LM head cannot be bypassed (None when it can): it must be a plain, unsharded ``nn.Linear``."""
+def _call_getter(model: nn.Module, name: str) -> Any:
+    getter = getattr(model, name, None)
+    try:
+        return getter() if getter is not None else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def hidden_path_blocker(model: nn.Module, strategy: Any = None, needs_decoder: bool = True) -> str | None:
+    """Why ``model``'s loss cannot be computed from its final hidden states and LM-head weight chunk by
+    chunk (None when it can): the one test of the module, the callback and the objectives.
+
+    The logits must be exactly ``lm_head(hidden)``: a plain ``nn.Linear`` head (LoRA on the head makes it
+    something else), no logit transform, a strategy that does not shard the head's weight (FSDP,
+    DeepSpeed), and (``needs_decoder``: the caller runs the decoder itself) a ``get_decoder()``.
+    Duck-typed, so a peft-wrapped model qualifies.
+    """
     if type(strategy).__name__ in SHARDING_STRATEGIES:
         return f"{type(strategy).__name__} shards the LM-head weight"
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if get_head is not None else None
+    head = _call_getter(model, "get_output_embeddings")
     if type(head) is not nn.Linear:
         return f"the LM head is a {type(head).__name__}, not a plain nn.Linear"
+    transform = logit_transform(model)
+    if transform is not None:
+        return f"the model transforms its logits ({transform})"
+    if needs_decoder and _call_getter(model, "get_decoder") is None:
+        return "the model has no get_decoder()"
     return None
 
 
@@ -136,7 +155,7 @@ def output_logits(output: Any, had_labels: bool) -> Tensor | None:
     """The ``logits`` of a model output (a ``ModelOutput``, a dict, or a ``return_dict=False`` tuple)."""
     if isinstance(output, Mapping):  # ModelOutput is an OrderedDict
         return output.get("logits")
-    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
         # return_dict=False: (loss, logits, ...) when the model computed a loss, else (logits, ...).
         return output[1] if had_labels and len(output) > 1 else output[0]
     return getattr(output, "logits", None)

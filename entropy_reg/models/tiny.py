@@ -1,7 +1,7 @@
 """A tiny Llama and a byte-level BPE tokenizer, built entirely in code (no downloads).
 
 CI scale: the default tokenizer (2048 tokens) trains in ~1-2 s on the embedded Python-docs corpus
-(:mod:`entropy_reg.embedded`), and the default model (3 layers, 128 wide, tied embeddings) has ~0.9 M
+(:mod:`entropy_reg.data.pydoc_corpus`), and the default model (3 layers, 128 wide, tied embeddings) has ~0.9 M
 parameters, enough to learn the corpus' style in a few hundred steps and to fall into greedy
 repetition loops, the behaviour this project measures.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from entropy_reg.embedded import corpus_fingerprint, embedded_text_corpus
+from entropy_reg.data.pydoc_corpus import corpus_fingerprint, embedded_text_corpus
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -112,7 +112,7 @@ def build_tiny_tokenizer(
         vocab_size: total vocabulary size including the 5 special tokens and 256 byte tokens.
         cache_dir: where the trained tokenizer is stored; default :func:`default_cache_dir`. The
             cache key includes the vocab size and a hash of the corpus (which depends on the Python
-            version, see :mod:`entropy_reg.embedded`).
+            version, see :mod:`entropy_reg.data.pydoc_corpus`).
 
     Returns:
         A fresh copy (callers may change e.g. ``padding_side`` without affecting other callers);

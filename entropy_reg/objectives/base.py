@@ -14,7 +14,6 @@ accumulated step, and identical after a resume (the checkpoint restores ``seed``
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,32 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entropy_reg.training.nonfinite import skip_step_loss
+from entropy_reg.validation import check_int, check_nonnegative, check_unit  # noqa: F401 (the objectives' checks)
+
 ReduceSum = Callable[[Tensor], Tensor]
-
-
-def check_nonnegative(owner: str, name: str, value: float) -> float:
-    """``value`` as a float; ``ValueError`` naming ``owner`` and ``name`` unless finite and >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_unit(owner: str, name: str, value: float) -> float:
-    """``value`` as a float; ``ValueError`` unless it is in [0, 1]."""
-    value = check_nonnegative(owner, name, value)
-    if value > 1:
-        raise ValueError(f"{owner}: {name} must be in [0, 1], got {value!r}")
-    return value
-
-
-def check_int(owner: str, name: str, value: int | None, minimum: int, allow_none: bool = False) -> int | None:
-    """``value`` as an int; ``ValueError`` unless it is an integer >= ``minimum`` (or None when allowed)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < minimum:
-        none = " or None" if allow_none else ""
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}{none}, got {value!r}")
-    return int(value)
 
 
 @dataclass
@@ -103,8 +80,6 @@ class ObjectiveOutput:
 
 def zero_loss(model: torch.nn.Module) -> Tensor:
     """An exact 0 that reaches every trainable parameter of ``model`` (zero gradients)."""
-    from entropy_reg.module import skip_step_loss  # lazy: module.py imports this package
-
     return skip_step_loss(model)
 
 

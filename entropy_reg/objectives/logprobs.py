@@ -8,27 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from entropy_reg.hf_call import logit_transform
+from entropy_reg.models.forward import hidden_path_blocker
 
 # Target size of one [rows, V] logits chunk (same budget as the loss kernel's).
 _CHUNK_BYTES = 64 * 2**20
-
-
-def hidden_path_available(model: nn.Module) -> bool:
-    """Whether ``model``'s logits are exactly ``lm_head(decoder(...).last_hidden_state)``.
-
-    Duck-typed (``get_output_embeddings`` / ``get_decoder``), so a peft-wrapped model qualifies when
-    its head is a plain ``nn.Linear`` (LoRA on the head makes it something else: logits path).
-    """
-    get_head = getattr(model, "get_output_embeddings", None)
-    get_decoder = getattr(model, "get_decoder", None)
-    if get_head is None or get_decoder is None:
-        return False
-    try:
-        head, decoder = get_head(), get_decoder()
-    except (NotImplementedError, AttributeError):
-        return False
-    return type(head) is nn.Linear and decoder is not None and logit_transform(model) is None
 
 
 def _chunk_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
@@ -59,7 +42,7 @@ def token_logprobs(
         ``[B, T-1]`` float32 (float64 for a float64 model) log-probabilities.
     """
     targets = input_ids[:, 1:]
-    if hidden_path and hidden_path_available(model):
+    if hidden_path and hidden_path_blocker(model) is None:
         out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = out.last_hidden_state[:, :-1]
         head = model.get_output_embeddings()

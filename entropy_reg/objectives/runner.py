@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from entropy_reg.hf_call import SHARDING_STRATEGIES
+from entropy_reg.models.forward import SHARDING_STRATEGIES
+from entropy_reg.training.ranks import rank_zero_warn
 
 from .base import Objective, ObjectiveContext
 

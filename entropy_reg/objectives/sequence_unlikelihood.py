@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from entropy_reg.generation import _eos_ids, parse_decoding
+from entropy_reg.generation.decode import _eos_ids, parse_decoding
 
 from .base import Objective, ObjectiveContext, ObjectiveOutput, check_int, stat, zero_loss
 from .logprobs import token_logprobs

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from entropy_reg.data.formatting import IGNORE_INDEX
 from entropy_reg.metrics import human_rep_l, rep_l, self_reinforcement_probe, wrep_l
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -91,7 +91,7 @@ def log_wandb(cmp: Any, plots: dict[str, bytes], out: Path, project: str = "entr
     import wandb
     from PIL import Image
 
-    from entropy_reg.logging_utils import configure_wandb_env
+    from entropy_reg.training.wandb_env import configure_wandb_env
 
     configure_wandb_env()
     c = cmp.config

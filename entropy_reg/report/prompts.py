@@ -1,6 +1,6 @@
 """Inputs of ``entropy-reg compare``: the built-in prompt set, prompt/held-out files, probe sentences.
 
-The built-in prompts follow the wording of the embedded SFT dataset (:mod:`entropy_reg.embedded`:
+The built-in prompts follow the wording of the embedded SFT dataset (:mod:`entropy_reg.data.pydoc_corpus`:
 "Explain the Python topic ...", "What does the function `json.dumps` do?") so a model fine-tuned on it
 is asked what it was trained on, plus Chinese prompts: every metric is token based, and CJK text
 (no whitespace words, multi-byte tokens) must go through the whole report path.
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from entropy_reg.data import format_prompt
+from entropy_reg.data.formatting import format_prompt
 from entropy_reg.errors import UserError
 from entropy_reg.metrics import split_sentences
 
@@ -108,7 +108,7 @@ def load_heldout(path: str | Path | None, max_texts: int | None) -> list[str]:
     """Held-out texts: ``path`` (``.txt`` one per line, ``.jsonl`` with ``"text"`` or prompt/response) or
     the embedded held-out split (texts never seen in training by the embedded recipes)."""
     if path is None:
-        from entropy_reg.embedded import embedded_text_corpus
+        from entropy_reg.data.pydoc_corpus import embedded_text_corpus
 
         texts = embedded_text_corpus(split="heldout")
     else:
