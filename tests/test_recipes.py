@@ -30,6 +30,8 @@ PAIRS = [
     ("tiny/baseline.yaml", "tiny/full.yaml"),
     ("smollm2-135m/baseline.yaml", "smollm2-135m/full.yaml"),
     ("smollm2-135m/baseline.yaml", "smollm2-135m/seq_ul.yaml"),
+    ("tiny/baseline.yaml", "tiny/ct.yaml"),
+    ("smollm2-135m/baseline.yaml", "smollm2-135m/ct.yaml"),
     ("gpu/qwen2.5-0.5b-instruct/baseline.yaml", "gpu/qwen2.5-0.5b-instruct/combined.yaml"),
 ]
 

@@ -125,6 +125,10 @@ class Objective:
     def setup(self, tokenizer: Any | None) -> None:
         """Read what the objective needs from the tokenizer, once, before training."""
 
+    def observe(self, model: torch.nn.Module, step: int) -> None:
+        """Called at every training step before ``runs_at`` decides, whatever it decides (e.g. to keep a
+        copy of the model as it was before the first step). No-op by default."""
+
     def step_seed(self, step: int) -> int:
         """Seed of everything random at optimizer ``step``: a function of (seed, name, step) only."""
         salt = zlib.crc32(self.name.encode())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,10 +16,69 @@ from entropy_reg.models.forward import hidden_path_blocker
 _CHUNK_BYTES = 64 * 2**20
 
 
-def _chunk_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
-    dtype = torch.promote_types(hidden.dtype, torch.float32)
-    logits = F.linear(hidden, weight, bias).to(dtype)
+def _logprob_of_target(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+def _head_chunk(fn: RowFunction, hidden: Tensor, weight: Tensor, bias: Tensor | None, *rows: Tensor) -> Tensor:
+    logits = F.linear(hidden, weight, bias).to(torch.promote_types(hidden.dtype, torch.float32))
+    return fn(logits, *rows)
+
+
+RowFunction = Callable[..., Tensor]
+"""``fn(logits [R, V] float32, *row_inputs [R, ...]) -> [R, ...]``: what is kept of each row's logits."""
+
+
+def per_position(
+    model: nn.Module,
+    input_ids: Tensor,
+    positions: Tensor,
+    fn: RowFunction,
+    row_inputs: tuple[Tensor, ...] = (),
+    attention_mask: Tensor | None = None,
+    hidden_path: bool = True,
+    selected_inputs: tuple[Tensor, ...] = (),
+) -> Tensor:
+    """``fn`` of the next-token logits at the selected positions, with grad, one chunk of rows at a time.
+
+    Args:
+        model: a Hugging Face causal LM (train or eval mode as the caller left it).
+        input_ids: ``[B, T]``.
+        positions: ``[B, T-1]`` bool: the rows (logits at t, predicting token t+1) to evaluate.
+        fn: see :data:`RowFunction`; it must be a pure function of its inputs (on the hidden path
+            each chunk's logits are recomputed in backward instead of stored).
+        row_inputs: ``[B, T-1, ...]`` tensors whose selected rows are passed to ``fn`` beside the logits.
+        selected_inputs: ``[R, ...]`` tensors already holding one entry per selected row (in
+            ``positions.nonzero()`` order), passed to ``fn`` after ``row_inputs``' rows.
+        attention_mask: ``[B, T]`` or None.
+        hidden_path: run the LM head per chunk of selected rows from the decoder's hidden states,
+            when the model allows it: ``[tokens, vocab]`` logits never exist.
+
+    Returns:
+        ``[R, ...]``: ``fn``'s values of the selected rows, in ``positions.nonzero()`` order.
+    """
+    index = positions.reshape(-1).nonzero().squeeze(1)
+    rows_in = [r.reshape(-1, *r.shape[2:]).index_select(0, index) for r in row_inputs] + list(selected_inputs)
+    if hidden_path and hidden_path_blocker(model) is None:
+        out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = out.last_hidden_state[:, :-1]
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+        head = model.get_output_embeddings()
+        step = max(1, _CHUNK_BYTES // (4 * head.weight.shape[0]))
+        pieces = []
+        for start in range(0, flat_hidden.shape[0], step):
+            args = (fn, flat_hidden[start : start + step], head.weight, head.bias,
+                    *(r[start : start + step] for r in rows_in))
+            # Recompute the chunk's logits in backward: memory stays one chunk, not [tokens, vocab].
+            pieces.append(checkpoint(_head_chunk, *args, use_reentrant=False) if torch.is_grad_enabled()
+                          else _head_chunk(*args))
+        if pieces:
+            return torch.cat(pieces)
+        return fn(flat_hidden.new_zeros(0, head.weight.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32)),
+                  *rows_in)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    logits = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
+    return fn(logits.to(torch.promote_types(logits.dtype, torch.float32)), *rows_in)
 
 
 def token_logprobs(
@@ -42,27 +103,8 @@ def token_logprobs(
         ``[B, T-1]`` float32 (float64 for a float64 model) log-probabilities.
     """
     targets = input_ids[:, 1:]
-    if hidden_path and hidden_path_blocker(model) is None:
-        out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = out.last_hidden_state[:, :-1]
-        head = model.get_output_embeddings()
-        B, T1, H = hidden.shape
-        flat_hidden, flat_targets = hidden.reshape(B * T1, H), targets.reshape(B * T1)
-        index = None if positions is None else positions.reshape(-1).nonzero().squeeze(1)
-        if index is not None:
-            flat_hidden, flat_targets = flat_hidden.index_select(0, index), flat_targets.index_select(0, index)
-        rows = max(1, _CHUNK_BYTES // (4 * head.weight.shape[0]))
-        pieces = []
-        for start in range(0, flat_hidden.shape[0], rows):
-            args = (flat_hidden[start : start + rows], head.weight, head.bias, flat_targets[start : start + rows])
-            # Recompute the chunk's logits in backward: memory stays one chunk, not [tokens, vocab].
-            pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
-                          else _chunk_logprobs(*args))
-        values = torch.cat(pieces) if pieces else flat_hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
-        if index is None:
-            return values.reshape(B, T1)
-        return values.new_zeros(B * T1).index_copy(0, index, values).reshape(B, T1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    logp = logits.gather(2, targets[..., None]).squeeze(2) - torch.logsumexp(logits, dim=-1)
-    return logp if positions is None else torch.where(positions, logp, torch.zeros_like(logp))
+    if positions is None:
+        positions = torch.ones_like(targets, dtype=torch.bool)
+    values = per_position(model, input_ids, positions, _logprob_of_target, (targets,), attention_mask, hidden_path)
+    index = positions.reshape(-1).nonzero().squeeze(1)
+    return values.new_zeros(targets.numel()).index_copy(0, index, values).reshape(targets.shape)

@@ -125,7 +125,55 @@ def repetition_token_loss(
     return torch.where(penalised, loss, torch.zeros_like(loss)), p, p_previous
 
 
-class RepetitionConsistency(Objective):
+class PseudoRepetitionObjective(Objective):
+    """Base of the objectives that train on DITTO's pseudo-repetitive batch (:func:`build_repetition_batch`).
+
+    Owns the sentence choice: subclasses call ``init_sentences(...)`` in ``__init__`` and ``build(batch,
+    step)`` in ``compute``; the sentence-end tokens come from the tokenizer at ``setup``.
+    """
+
+    def init_sentences(self, min_sentence_tokens: int, max_sentence_tokens: int, max_length: int | None,
+                       max_prefix_tokens: int | None, sentence_end_ids: Iterable[int] | None,
+                       ignore_index: int) -> None:
+        owner = type(self).__name__
+        self.min_sentence_tokens = check_int(owner, "min_sentence_tokens", min_sentence_tokens, 1)
+        self.max_sentence_tokens = check_int(owner, "max_sentence_tokens", max_sentence_tokens, 1)
+        if self.max_sentence_tokens < self.min_sentence_tokens:
+            raise ValueError(
+                f"{owner}: max_sentence_tokens ({max_sentence_tokens}) must be >= min_sentence_tokens "
+                f"({min_sentence_tokens})"
+            )
+        self.max_length = check_int(owner, "max_length", max_length, 2, allow_none=True)
+        self.max_prefix_tokens = check_int(owner, "max_prefix_tokens", max_prefix_tokens, 0, allow_none=True)
+        self.ignore_index = int(ignore_index)
+        self.sentence_end_ids = None if sentence_end_ids is None else sorted(int(i) for i in sentence_end_ids)
+        if self.sentence_end_ids is not None and not self.sentence_end_ids:
+            raise ValueError(f"{owner}: sentence_end_ids must not be empty (None: found from the tokenizer)")
+        self._ends: frozenset[int] | None = None if sentence_end_ids is None else frozenset(self.sentence_end_ids)
+
+    def setup(self, tokenizer: Any | None) -> None:
+        if self._ends is not None:
+            return
+        if tokenizer is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a tokenizer to find the sentence-end tokens (none was found); "
+                "give the module/datamodule a `tokenizer` attribute or pass sentence_end_ids=[...]"
+            )
+        self._ends = sentence_end_ids(tokenizer)
+
+    def build(self, batch: dict[str, Tensor], step: int) -> RepetitionBatch:
+        """The pseudo-repetitive batch for optimizer ``step`` (deterministic given the step and the batch)."""
+        if self._ends is None:
+            raise RuntimeError(f"{type(self).__name__}.setup(tokenizer) must run before the first step")
+        input_ids = batch["input_ids"]
+        return build_repetition_batch(
+            input_ids, batch.get("attention_mask"), batch.get("labels"), self._ends,
+            self.min_sentence_tokens, self.max_sentence_tokens, self.max_length or input_ids.shape[1],
+            self.max_prefix_tokens, self.step_seed(step), self.ignore_index,
+        )
+
+
+class RepetitionConsistency(PseudoRepetitionObjective):
     """DITTO: penalise probabilities that grow from one copy of a repeated sentence to the next.
 
     On a ``rate`` share of optimizer steps, one pseudo-repetitive sequence is built per training
@@ -185,47 +233,14 @@ class RepetitionConsistency(Objective):
         super().__init__(weight=weight, rate=rate, seed=seed)
         owner = type(self).__name__
         self.lam = check_unit(owner, "lam", lam)
-        self.min_sentence_tokens = check_int(owner, "min_sentence_tokens", min_sentence_tokens, 1)
-        self.max_sentence_tokens = check_int(owner, "max_sentence_tokens", max_sentence_tokens, 1)
-        if self.max_sentence_tokens < self.min_sentence_tokens:
-            raise ValueError(
-                f"{owner}: max_sentence_tokens ({max_sentence_tokens}) must be >= min_sentence_tokens "
-                f"({min_sentence_tokens})"
-            )
         if not isinstance(one_sided, bool):
             raise ValueError(f"{owner}: one_sided must be a bool, got {one_sided!r}")
         self.one_sided = one_sided
-        self.max_length = check_int(owner, "max_length", max_length, 2, allow_none=True)
-        self.max_prefix_tokens = check_int(owner, "max_prefix_tokens", max_prefix_tokens, 0, allow_none=True)
         if not 0 < float(eps) < 1:
             raise ValueError(f"{owner}: eps must be in (0, 1), got {eps!r}")
         self.eps = float(eps)
-        self.ignore_index = int(ignore_index)
-        self.sentence_end_ids = None if sentence_end_ids is None else sorted(int(i) for i in sentence_end_ids)
-        if self.sentence_end_ids is not None and not self.sentence_end_ids:
-            raise ValueError(f"{owner}: sentence_end_ids must not be empty (None: found from the tokenizer)")
-        self._ends: frozenset[int] | None = None if sentence_end_ids is None else frozenset(self.sentence_end_ids)
-
-    def setup(self, tokenizer: Any | None) -> None:
-        if self._ends is not None:
-            return
-        if tokenizer is None:
-            raise ValueError(
-                "RepetitionConsistency needs a tokenizer to find the sentence-end tokens (none was found); "
-                "give the module/datamodule a `tokenizer` attribute or pass sentence_end_ids=[...]"
-            )
-        self._ends = sentence_end_ids(tokenizer)
-
-    def build(self, batch: dict[str, Tensor], step: int) -> RepetitionBatch:
-        """The pseudo-repetitive batch for optimizer ``step`` (deterministic given the step and the batch)."""
-        if self._ends is None:
-            raise RuntimeError("RepetitionConsistency.setup(tokenizer) must run before the first step")
-        input_ids = batch["input_ids"]
-        return build_repetition_batch(
-            input_ids, batch.get("attention_mask"), batch.get("labels"), self._ends,
-            self.min_sentence_tokens, self.max_sentence_tokens, self.max_length or input_ids.shape[1],
-            self.max_prefix_tokens, self.step_seed(step), self.ignore_index,
-        )
+        self.init_sentences(min_sentence_tokens, max_sentence_tokens, max_length, max_prefix_tokens,
+                            sentence_end_ids, ignore_index)
 
     def compute(self, model: torch.nn.Module, batch: dict[str, Tensor], context: ObjectiveContext) -> ObjectiveOutput:
         built = self.build(batch, context.step)

@@ -177,6 +177,7 @@ class ObjectiveRunner:
         context = ObjectiveContext(step=step, reduce_sum=reduce_sum, world_size=world_size, hidden_path=hidden_path)
         total: Tensor | None = None
         for objective in self.objectives:
+            objective.observe(model, step)
             runs = float(scale) * objective.weight > 0 and objective.runs_at(step)
             self.stats.add(objective.name, "ran_share", float(runs), 1.0)
             if not runs:

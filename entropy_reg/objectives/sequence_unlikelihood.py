@@ -47,6 +47,37 @@ def mark_repeats(tokens: Sequence[int], start: int, ngram: int, eos_ids: Sequenc
     return marks
 
 
+def eos_ids_of(tokenizer: Any | None, model: torch.nn.Module) -> list[int]:
+    """End-of-sequence ids: the tokenizer's and the model's ``generation_config``'s."""
+    ids = set(_eos_ids(tokenizer, model))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(int(e) for e in (configured if isinstance(configured, list | tuple) else [configured]))
+    return sorted(ids)
+
+
+@torch.no_grad()
+def continue_prefixes(model: torch.nn.Module, prefixes: Tensor, max_new_tokens: int, tokenizer: Any | None,
+                      generate_kwargs: dict[str, Any], seed: int) -> Tensor:
+    """``[N, P + C']``: unpadded prefixes ``[N, P]`` and the model's continuations (eval mode, KV cache,
+    no grad, train mode restored; sampling seeded with ``seed`` without touching the global RNG)."""
+    eos = eos_ids_of(tokenizer, model)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = pad if pad is not None else (eos[0] if eos else 0)
+    was_training = model.training
+    model.eval()
+    devices = [prefixes.device] if prefixes.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return model.generate(
+                input_ids=prefixes, attention_mask=torch.ones_like(prefixes), max_new_tokens=max_new_tokens,
+                min_new_tokens=0, pad_token_id=pad, eos_token_id=eos or None, use_cache=True, **generate_kwargs,
+            )
+    finally:
+        model.train(was_training)
+
+
 @dataclass
 class ContinuationBatch:
     """Prefixes and the model's continuations, with the positions to penalise.
@@ -162,31 +193,12 @@ class SequenceUnlikelihood(Objective):
         return torch.stack(rows), skipped
 
     def eos_ids(self, model: torch.nn.Module) -> list[int]:
-        ids = set(_eos_ids(self._tokenizer, model))
-        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if configured is not None:
-            ids.update(int(e) for e in (configured if isinstance(configured, list | tuple) else [configured]))
-        return sorted(ids)
+        return eos_ids_of(self._tokenizer, model)
 
-    @torch.no_grad()
     def continue_prefixes(self, model: torch.nn.Module, prefixes: Tensor, step: int) -> Tensor:
         """``[N, P + C']`` prefixes and their continuations (eval mode, KV cache, no grad)."""
-        eos = self.eos_ids(model)
-        pad = getattr(self._tokenizer, "pad_token_id", None)
-        pad = pad if pad is not None else (eos[0] if eos else 0)
-        was_training = model.training
-        model.eval()
-        devices = [prefixes.device] if prefixes.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.step_seed(step))
-                return model.generate(
-                    input_ids=prefixes, attention_mask=torch.ones_like(prefixes),
-                    max_new_tokens=self.continuation_length, min_new_tokens=0, pad_token_id=pad,
-                    eos_token_id=eos or None, use_cache=True, **self._decoding.generate_kwargs(),
-                )
-        finally:
-            model.train(was_training)
+        return continue_prefixes(model, prefixes, self.continuation_length, self._tokenizer,
+                                 self._decoding.generate_kwargs(), self.step_seed(step))
 
     def build(self, model: torch.nn.Module, batch: dict[str, Tensor], step: int) -> ContinuationBatch:
         prefixes, skipped = self.prefixes(batch)

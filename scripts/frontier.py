@@ -1,0 +1,284 @@
+"""The frontier: every mechanism against collapse at several strengths, on one repetition/perplexity plot.
+
+Each variant is a committed SmolLM2-135M recipe with a few keys changed (written as YAML under
+``<out>/recipes/``, so the exact config of every point is on disk), trained like the main job (40 steps
+of 4 x 128 tokens, rows that end as written: ``scripts/run_experiment.py``'s preset) and evaluated once
+with ``entropy-reg eval`` (greedy, 24 built-in prompts, 128 new tokens; held-out perplexity; the
+probe). Plain SFT is also decoded with ``repetition_penalty`` 1.2 (the first question users ask: why
+not just decode with a penalty?), and the base model is evaluated as the reference.
+
+    python scripts/frontier.py                      # seed 0, every variant (resumable)
+    python scripts/frontier.py --only ct-w2 --seeds 1 2
+    python scripts/frontier.py --list               # the grid
+    python scripts/frontier.py --table              # table + docs/img/frontier.png from what finished
+
+Resumable: finished trainings (``DONE`` + a ``last.ckpt`` at the final step) and evaluations
+(``metrics.json``) are skipped. Trainings and evaluations run ``--parallel`` at a time with
+``--threads`` torch threads each (two 1-thread processes use the 2-core CPU best).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_experiment import PRESETS, _last_checkpoint, _rel, say, train  # noqa: E402
+
+RECIPES = ROOT / "recipes" / "smollm2-135m"
+REG0 = "model.init_args.loss.init_args.regularizers.0.init_args"
+OBJ0 = "model.init_args.objectives.0.init_args"
+BASE_MODEL = "embedded:smollm2-135m-instruct"
+
+# name -> (mechanism, strength, base recipe, {dotted key (list indices as numbers): value})
+GRID: dict[str, tuple[str, float, str, dict]] = {
+    "baseline": ("plain SFT", 0.0, "baseline.yaml", {}),
+    **{f"ct-w{w:g}": ("contrastive token", w, "ct.yaml", {f"{REG0}.weight": w}) for w in (1.0, 2.0, 4.0)},
+    **{f"anchor-w{w:g}": ("reference anchor", w, "anchor.yaml", {f"{OBJ0}.weight": w}) for w in (1.0, 3.0, 10.0)},
+    **{f"loop_floor-w{w:g}": ("loop entropy floor", w, "loop_floor.yaml", {f"{OBJ0}.weight": w})
+       for w in (1.0, 3.0, 10.0)},
+    **{f"ditto-w{w:g}": ("DITTO", w, "ditto.yaml", {f"{OBJ0}.weight": w}) for w in (1.0, 2.0)},
+    "combined-s1": ("combined (tail floor + anti-copy + entropy floor)", 1.0, "combined.yaml", {}),
+    "seq_ul-w1": ("sequence unlikelihood", 1.0, "seq_ul.yaml", {}),
+    # later strengths, run when named with --only
+    "ct-w8": ("contrastive token", 8.0, "ct.yaml", {f"{REG0}.weight": 8.0}),
+    "ditto-w0.5": ("DITTO", 0.5, "ditto.yaml", {f"{OBJ0}.weight": 0.5}),
+    "seq_ul-w2": ("sequence unlikelihood", 2.0, "seq_ul.yaml", {f"{OBJ0}.weight": 2.0}),
+    "combined-s3": ("combined (tail floor + anti-copy + entropy floor)", 3.0, "combined.yaml",
+                    {"model.init_args.schedule": {"kind": "constant", "start": 3.0, "end": 3.0}}),
+}
+LATER = ("ct-w8", "ditto-w0.5", "seq_ul-w2", "combined-s3")
+EVAL_ARGS = ["--decoding", "greedy", "--max-new-tokens", "128", "--max-heldout", "48", "--max-length", "128",
+             "--probe-sentences", "8", "--no-progress"]
+# Extra evaluations: (name, model: a variant name or a model source, decoding).
+EXTRA_EVALS = [("base-model", BASE_MODEL, "greedy"), ("baseline+rep_penalty", "baseline", "rep_penalty")]
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def write_variant(name: str, out: Path) -> Path:
+    """The variant's recipe: its base recipe with the named keys changed, under ``out/recipes/``."""
+    _, _, base, changes = GRID[name]
+    config = yaml.safe_load((RECIPES / base).read_text())
+    for dotted, value in changes.items():
+        _set(config, dotted, copy.deepcopy(value))
+    path = out / "recipes" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# {name}: written by scripts/frontier.py from recipes/smollm2-135m/{base} with\n"
+              + "".join(f"#   {k} = {v}\n" for k, v in changes.items()))
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def evaluate(model: str, decoding: str, out_dir: Path, threads: int) -> dict:
+    """``entropy-reg eval`` of one model (skipped when its metrics.json exists)."""
+    metrics = out_dir / "metrics.json"
+    if not metrics.exists():
+        args = [a if a != "greedy" else decoding for a in EVAL_ARGS]
+        cmd = [sys.executable, "-m", "entropy_reg", "eval", model, "--out", str(out_dir), f"--threads={threads}", *args]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+                   WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
+        say(f"  eval {_rel(out_dir)} ...")
+        log = out_dir.parent / f"{out_dir.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+        if code != 0:
+            raise SystemExit(f"eval failed (exit {code}): {' '.join(cmd)}; see {_rel(log)}")
+    return json.loads(metrics.read_text())
+
+
+def run_variant(name: str, seed: int, out: Path, threads: int, train_only: bool = False) -> dict | None:
+    fit_args = PRESETS["smollm2"].fit_args
+    ckpt = train(write_variant(name, out), seed, out / "runs", fit_args, threads)
+    if train_only:
+        return None
+    return evaluate(str(ckpt), "greedy", out / "eval" / f"{name}-seed{seed}", threads)
+
+
+# -------------------------------------------------------------------------------------------------
+# Table and figure
+# -------------------------------------------------------------------------------------------------
+def _summary(metrics: dict, decoding: str = "greedy") -> dict[str, float]:
+    s = metrics["summary"]
+    return {"rep4": s[f"{decoding}/seq_rep_4"], "loops": s[f"{decoding}/any_loop_share"],
+            "low_entropy_loops": s[f"{decoding}/degenerate_share"], "eos": s[f"{decoding}/eos_rate"],
+            "tp": s["probe/tp_last"], "ppl": s["perplexity"], "step": s.get("global_step")}
+
+
+def collect(out: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """``{point name: {seed: summary}}`` of every finished evaluation under ``out/eval``."""
+    found: dict[str, dict[int, dict[str, float]]] = {}
+    for path in sorted((out / "eval").glob("*/metrics.json")):
+        stem = path.parent.name
+        name, _, seed = stem.rpartition("-seed")
+        if not name:
+            name, seed = stem, "0"
+        decoding = "rep_penalty" if "rep_penalty" in name else "greedy"
+        found.setdefault(name, {})[int(seed)] = _summary(json.loads(path.read_text()), decoding)
+    return found
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def target_check(point: dict[int, dict], base: dict, sft: dict[int, dict]) -> list[str]:
+    """The criteria (issue 19) a point misses, over its seeds; the plain-SFT gain is per seed when present."""
+    missed = []
+    for seed, m in point.items():
+        s = sft.get(seed) or next(iter(sft.values()))
+        gain = base["ppl"] - s["ppl"]
+        checks = {"seq-rep-4 <= base": m["rep4"] <= base["rep4"], "any-loop share <= base": m["loops"] <= base["loops"],
+                  "low-entropy loops <= 0.05": m["low_entropy_loops"] <= 0.05, "TP(8) <= 0.5": m["tp"] <= 0.5,
+                  ">= 90% of the ppl gain": gain > 0 and (base["ppl"] - m["ppl"]) >= 0.9 * gain}
+        missed += [f"{k} (seed {seed})" for k, ok in checks.items() if not ok]
+    return missed
+
+
+def table(out: Path) -> str:
+    found = collect(out)
+    if "baseline" not in found or "base-model" not in found:
+        return "(the baseline and the base model are not evaluated yet)"
+    sft, base = found["baseline"], found["base-model"][0]
+    sft_ppl = _mean([m["ppl"] for m in sft.values()])
+    lines = ["| point | mechanism | strength | seeds | greedy seq-rep-4 | any-loop share | low-entropy loops | "
+             "TP(8) | EOS rate | held-out ppl | ppl vs plain SFT | target misses |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = ["base-model", "baseline", "baseline+rep_penalty"] + [n for n in GRID if n != "baseline"]
+    for name in order:
+        if name not in found:
+            continue
+        per = found[name]
+        mech, strength = (GRID[name][0], f"{GRID[name][1]:g}") if name in GRID else (
+            ("base model (before SFT)", "-") if name == "base-model" else ("plain SFT + repetition_penalty 1.2", "-"))
+        if name == "baseline":
+            strength = "-"
+
+        def cell(key: str, fmt: str = "{:.3f}") -> str:
+            vals = [m[key] for m in per.values()]
+            text = fmt.format(_mean(vals))
+            return text if len(vals) == 1 else text + " ± " + fmt.format(statistics.stdev(vals))
+        ppl = _mean([m["ppl"] for m in per.values()])
+        misses = "" if name in ("base-model", "baseline") else "; ".join(sorted(set(
+            m.split(" (seed")[0] for m in target_check(per, base, sft)))) or "**none: target met**"
+        lines.append(f"| {name} | {mech} | {strength} | {','.join(map(str, sorted(per)))} | {cell('rep4')} | "
+                     f"{cell('loops', '{:.2f}')} | {cell('low_entropy_loops', '{:.2f}')} | {cell('tp')} | "
+                     f"{cell('eos', '{:.2f}')} | {cell('ppl', '{:.2f}')} | {100 * (ppl / sft_ppl - 1):+.1f}% | {misses} |")
+    return "\n".join(lines)
+
+
+def plot(out: Path, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = collect(out)
+    if "baseline" not in found or "base-model" not in found:
+        return None
+    sft_ppl = _mean([m["ppl"] for m in found["baseline"].values()])
+
+    def xy(per: dict, key: str) -> tuple[float, float]:
+        return 100 * (_mean([m["ppl"] for m in per.values()]) / sft_ppl - 1), _mean([m[key] for m in per.values()])
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    mechanisms: dict[str, list[tuple[float, str]]] = {}
+    for name, (mech, strength, _, _) in GRID.items():
+        if name != "baseline" and name in found:
+            mechanisms.setdefault(mech, []).append((strength, name))
+    for ax, key, label in ((axes[0], "rep4", "greedy seq-rep-4"), (axes[1], "loops", "share of continuations in a loop")):
+        for mech, points in mechanisms.items():
+            pts = [xy(found[n], key) for _, n in sorted(points)]
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mech)
+            for (strength, _), (x, y) in zip(sorted(points), pts, strict=True):
+                ax.annotate(f"{strength:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=line.get_color())
+            if key == "loops":
+                low = [xy(found[n], "low_entropy_loops") for _, n in sorted(points)]
+                ax.plot([p[0] for p in low], [p[1] for p in low], "x:", color=line.get_color(), alpha=0.6)
+        for name, marker, text in (("baseline", "s", "plain SFT"), ("base-model", "*", "base model"),
+                                   ("baseline+rep_penalty", "D", "plain SFT + rep. penalty 1.2 (decoding)")):
+            if name in found:
+                x, y = xy(found[name], key)
+                ax.scatter([x], [y], marker=marker, s=120, color="black", zorder=5)
+                ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
+        ax.set_xlabel("held-out perplexity vs plain SFT (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_title("o-: any loop (low- or high-entropy); x: low-entropy loops only", fontsize=9)
+    axes[0].set_title("SmolLM2-135M-Instruct, 40 steps, whole rows, seed 0 (numbers: strength)", fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", choices=list(GRID), help="variants to run (default: all but the later ones)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "frontier")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "frontier.png")
+    ap.add_argument("--list", action="store_true", help="print the grid and exit")
+    ap.add_argument("--table", action="store_true", help="print the table, draw the figure and exit")
+    ap.add_argument("--train-only", action="store_true", help="train the variants, evaluate nothing")
+    args = ap.parse_args(argv)
+    out = args.out.resolve()
+    if args.list:
+        for name, (mech, strength, base, changes) in GRID.items():
+            print(f"{name:20s} {mech:28s} {strength:5g} {base:16s} {changes}{'  (later)' if name in LATER else ''}")
+        return 0
+    if args.parallel < 1 or args.threads < 1:
+        ap.error("--parallel and --threads must be >= 1")
+    if any(s < 0 for s in args.seeds):
+        ap.error(f"--seeds must be >= 0, got {args.seeds}")
+    if not args.table:
+        names = args.only or [n for n in GRID if n not in LATER]
+        names = ["baseline"] + [n for n in names if n != "baseline"]  # plain SFT first: every point needs it
+        jobs = [(n, s) for s in args.seeds for n in names]
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            futures = [pool.submit(run_variant, n, s, out, args.threads, args.train_only) for n, s in jobs]
+            if 0 in args.seeds and not args.train_only:
+                for name, model, decoding in EXTRA_EVALS:
+                    source = model
+                    if model in GRID:
+                        futures[names.index(model)].result()  # its training must be done first
+                        source = str(_last_checkpoint(out / "runs" / model / "seed0"))
+                    futures.append(pool.submit(evaluate, source, decoding, out / "eval" / name, args.threads))
+            for f in futures:
+                f.result()
+    text = table(out)
+    (out / "frontier.md").write_text(text + "\n")
+    print(text)
+    figure = plot(out, args.plot)
+    if figure:
+        print(f"figure: {_rel(figure)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
