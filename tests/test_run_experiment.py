@@ -14,28 +14,39 @@ sys.modules["run_experiment"] = run_experiment
 _spec.loader.exec_module(run_experiment)
 
 
-def _metrics(base_rep, cand_rep, base_tp, cand_tp, base_loop, cand_loop, base_ppl, cand_ppl, ref=True):
-    def row(section, key, b, c):
-        r = {"section": section, "key": key, "label": key, "variant": "v", "baseline": b, "candidate": c}
+def _metrics(base_rep, cand_rep, base_tp, cand_tp, base_loop, cand_loop, base_ppl, cand_ppl, ref=True,
+             ref_rep=None, ref_ppl=None, cand_flat=0.0):
+    def row(section, key, b, c, r=None):
+        out = {"section": section, "key": key, "label": key, "variant": "v", "baseline": b, "candidate": c}
         if ref:
-            r["reference"] = b * 0.9
-        return r
+            out["reference"] = b * 0.9 if r is None else r
+        return out
 
+    heldout = {"baseline": {"perplexity": base_ppl}, "candidate": {"perplexity": cand_ppl}}
+    if ref:
+        heldout["reference"] = {"perplexity": base_ppl * 1.2 if ref_ppl is None else ref_ppl}
     return {
-        "rows": [row("greedy (1 seed)", "seq_rep_4", base_rep, cand_rep),
+        "rows": [row("greedy (1 seed)", "seq_rep_4", base_rep, cand_rep, ref_rep),
                  row("greedy (1 seed)", "degenerate_share", base_loop, cand_loop),
+                 row("greedy (1 seed)", "repetitive_share", 0.0, cand_flat, 0.1),
                  row("self-reinforcement probe (8 held-out sentences, N=8)", "tp_N", base_tp, cand_tp)],
-        "heldout": {"baseline": {"perplexity": base_ppl}, "candidate": {"perplexity": cand_ppl}},
+        "heldout": heldout,
     }
 
 
 def test_verdict_met_and_missed_per_seed():
-    good = _metrics(0.40, 0.10, 0.9, 0.3, 0.2, 0.0, 20.0, 20.5)
-    met, text = run_experiment.verdict("ditto", {0: good}, [0])
-    assert met and "TARGET MET" in text and "ratio 0.25 (ok)" in text
-    bad_ppl = _metrics(0.40, 0.10, 0.9, 0.3, 0.2, 0.0, 20.0, 21.0)  # +5% perplexity
-    met, text = run_experiment.verdict("ditto", {0: good, 1: bad_ppl}, [0, 1])
-    assert not met and "ppl +5.0% (MISSED)" in text
+    # base model: seq-rep-4 0.20, any loop 0.1, ppl 24; plain SFT ppl 20 (gain 4): keep >= 3.6 of it
+    good = _metrics(0.40, 0.15, 0.9, 0.3, 0.2, 0.0, 20.0, 20.3, ref_rep=0.20, ref_ppl=24.0)
+    met, text = run_experiment.verdict("ct", {0: good}, [0])
+    assert met and "TARGET MET" in text and "ppl gain kept 92% (ok)" in text
+    bad_ppl = _metrics(0.40, 0.15, 0.9, 0.3, 0.2, 0.0, 20.0, 21.0, ref_rep=0.20, ref_ppl=24.0)  # 75% kept
+    met, text = run_experiment.verdict("ct", {0: good, 1: bad_ppl}, [0, 1])
+    assert not met and "ppl gain kept 75% (MISSED)" in text
+    flat_loops = _metrics(0.40, 0.15, 0.9, 0.3, 0.2, 0.0, 20.0, 20.3, ref_rep=0.20, ref_ppl=24.0, cand_flat=0.3)
+    met, text = run_experiment.verdict("ct", {0: flat_loops}, [0])
+    assert not met and "any-loop share 0.30 vs base 0.28 (MISSED)" in text  # high-entropy loops count too
+    met, text = run_experiment.verdict("ct", {0: _metrics(0.4, 0.1, 0.9, 0.3, 0.2, 0.0, 20, 20, ref=False)}, [0])
+    assert not met and "no reference" in text
 
 
 def test_collapse_check_says_when_the_testbed_does_not_collapse():
