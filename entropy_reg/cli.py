@@ -8,6 +8,7 @@
     entropy-reg validate --config recipes/tiny/combined.yaml --ckpt_path runs/.../last.ckpt
     entropy-reg compare BASELINE_RUN CANDIDATE_RUN ...      (see entropy_reg.report.cli)
     entropy-reg export RUN.ckpt --out DIR                    (see entropy_reg.models.export)
+    entropy-reg eval MODEL ...                              (see entropy_reg.report.eval_cli)
 
 Model and data are in subclass mode: recipes give ``class_path``/``init_args`` (so a recipe can name
 your own LightningModule or datamodule), and overrides may spell either ``--model.init_args.x`` or the
@@ -118,6 +119,13 @@ class EntropyRegCLI(LightningCLI):
         # The one place where user errors end: one line and exit 2 (run=True also covers fitting).
         with exit_on_user_error("entropy-reg"):
             super().__init__(*args, **kwargs)
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """Lightning's subcommands, and in ``--help`` also main()'s own (dispatched before this CLI)."""
+        super()._add_subcommands(parser, **kwargs)
+        for name, run in SUBCOMMANDS.items():
+            text = (run.__doc__ or f"entropy-reg {name} --help").strip().splitlines()[0]
+            parser._subcommands_action.add_subcommand(name, LightningArgumentParser(description=text), help=text)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._args = args
@@ -246,6 +254,7 @@ def _run_name(config: Any) -> str | None:
 
 
 def _compare(argv: Sequence[str]) -> Any:
+    """Paired comparison report of two models (entropy-reg compare BASELINE CANDIDATE)."""
     try:
         from entropy_reg.report.cli import main as compare_main
     except ModuleNotFoundError as exc:
@@ -259,13 +268,21 @@ def _compare(argv: Sequence[str]) -> Any:
 
 
 def _export(argv: Sequence[str]) -> Any:
+    """Checkpoint to a Hugging Face model directory (entropy-reg export RUN.ckpt --out DIR)."""
     from entropy_reg.models.export import main as export_main
 
     return export_main(list(argv))
 
 
+def _eval(argv: Sequence[str]) -> Any:
+    """One model: generation, collapse, probe and perplexity report (entropy-reg eval MODEL)."""
+    from entropy_reg.report.eval_cli import main as eval_main
+
+    return eval_main(list(argv))
+
+
 # Subcommands that are not LightningCLI's: name -> function of the remaining arguments.
-SUBCOMMANDS = {"compare": _compare, "export": _export}
+SUBCOMMANDS = {"compare": _compare, "export": _export, "eval": _eval}
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -6,6 +6,8 @@ Tiny models as in ``tests/tiny_compare.py`` (2 CPU cores shared): 3 prompts, 10 
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -82,3 +84,97 @@ def test_unpairable_evaluations_are_refused(evaluations, models):
     other = evaluate_model(models["a"], EvalConfig(prompts_file=models["prompts"], **{**SETTINGS, "seeds": 1}))
     with pytest.raises(InputError, match="cannot pair.*top_p"):
         pair_evaluations(evaluations[0], other)
+
+
+# ---------------------------------------------------------------------------------------------------
+# entropy-reg eval
+
+CLI_FAST = ["--decoding", "greedy,top_p", "--max-new-tokens", "10", "--seeds", "2", "--batch-size", "2",
+            "--max-heldout", "6", "--probe-sentences", "2", "--probe-repeats", "3", "--max-length", "64"]
+
+
+def test_cli_writes_the_report(models, evaluations, tmp_path, capsys):
+    from entropy_reg import cli as top_cli
+
+    out = tmp_path / "ev"
+    # through the top-level dispatcher, with the progress bar on (the default)
+    assert top_cli.main(["eval", models["ckpt"], "--prompts", models["prompts"], "--out", str(out), *CLI_FAST]) == 0
+    captured = capsys.readouterr()
+    assert "eval: generating" in captured.err and "held-out perplexity" in captured.err  # progress
+    assert "greedy/seq_rep_4" in captured.out and "report:" in captured.out
+    for name in ("report.md", "report.html", "metrics.json", "entropy_hist.png", "entropy_by_position.png",
+                 "probe_tp.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    data = json.loads((out / "metrics.json").read_text("utf-8"))
+    assert data["summary"] == evaluations[0].summary()  # same model and settings as evaluate_model
+    assert data["summary"]["global_step"] == STEP
+    assert ModelEvaluation.load(out).summary() == data["summary"]
+    md = (out / "report.md").read_text("utf-8")
+    assert "| metric | value | variant |" in md and "| seq-rep-4 |" in md and f"global_step {STEP}" in md
+    page = (out / "report.html").read_text("utf-8")
+    assert "<script" not in page and 'data-key="degenerate_share"' in page and PROMPTS[2] in page
+
+
+def test_top_level_help_lists_every_command(capsys):
+    from entropy_reg import cli as top_cli
+
+    with pytest.raises(SystemExit) as exc:
+        top_cli.main(["--help"])
+    assert exc.value.code == 0
+    usage = capsys.readouterr().out
+    for name in ("fit", "validate", "test", "predict", "compare", "export", "eval"):
+        assert f"    {name} " in usage, name
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["missing_dir/model"], "evaluated model not found: 'missing_dir/model'"),
+    (["tiny", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    (["tiny", "--decoding", "beam"], "--decoding: "),
+    (["tiny", "--prompts", "nope.jsonl"], "nope.jsonl"),
+    (["tiny", "--probe-sentences", "-1"], "--probe-sentences must be >= 0"),
+    ([], "the following arguments are required: MODEL"),
+])
+def test_bad_inputs_exit_2_with_one_line(argv, expected, tmp_path, capsys, monkeypatch):
+    from entropy_reg import cli as top_cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        top_cli.main(["eval", "--no-progress", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err, err
+    if argv:  # argparse's own errors print the usage first
+        assert len(err.splitlines()) == 1 and err.startswith("entropy-reg eval: error: "), err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_out_that_is_a_file_exits_2(models, tmp_path, capsys):
+    from entropy_reg.report.eval_cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main([models["a"], "--out", str(blocker), "--no-progress"])
+    assert exc.value.code == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.slow
+def test_eval_on_the_embedded_model_as_a_user_runs_it(tmp_path):
+    """The real SmolLM2-135M-Instruct, the way a user types it (a fresh process, default decoding).
+
+    ~30 s of CPU (one thread): loading, 24 built-in prompts x 8 greedy tokens, 4 held-out texts, 1 probe.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "entropy_reg", "eval", "embedded:smollm2-135m-instruct", "--max-new-tokens", "8",
+         "--max-heldout", "4", "--probe-sentences", "1", "--out", "tmp", "--threads", "1", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "tmp" / "metrics.json").read_text("utf-8"))
+    s = data["summary"]
+    assert s["source"] == "embedded:smollm2-135m-instruct" and s["global_step"] is None
+    assert 1.0 < s["perplexity"] < 1000.0 and 0.0 <= s["probe/tp_last"] <= 1.0
+    assert s["greedy/any_loop_share"] == s["greedy/degenerate_share"] + s["greedy/repetitive_share"]
+    assert len(data["runs"]["greedy"]["token_ids"]) == len(data["prompts"])
+    assert (tmp_path / "tmp" / "report.html").is_file() and "greedy/seq_rep_4" in proc.stdout

@@ -105,7 +105,9 @@ MINIMUMS = {"max_new_tokens": 1, "seeds": 1, "batch_size": 1, "max_heldout": 1, 
 def check_numbers(args: argparse.Namespace) -> None:
     """Raise InputError naming the flag (``--bootstrap``, ``--max-length``) of an out-of-range number."""
     for dest, minimum in MINIMUMS.items():
-        value = getattr(args, dest)
+        value = getattr(args, dest, None)
+        if value is None:  # an option this command does not have (``eval`` has no --bootstrap)
+            continue
         if value < minimum:
             what = {"max_length": "held-out tokens per text (a perplexity needs 2)",
                     "max_heldout": "held-out texts"}.get(dest, "")
