@@ -60,6 +60,11 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
 LATER = ("ct-w8", "ditto-w0.5", "seq_ul-w2", "combined-s3")
 EVAL_ARGS = ["--decoding", "greedy", "--max-new-tokens", "128", "--max-heldout", "48", "--max-length", "128",
              "--probe-sentences", "8", "--no-progress"]
+# The same generation on prompts of the embedded held-out split (never trained on, never tuned on): the
+# built-in prompts chose the strengths, these confirm them. Held-out perplexity and the probe are not
+# repeated there (one held-out text, no probe sentences).
+HELDOUT_PROMPTS = 24
+HELDOUT_EVAL_ARGS = ["--max-heldout", "1", "--probe-sentences", "0"]
 # Extra evaluations: (name, model: a variant name or a model source, decoding).
 EXTRA_EVALS = [("base-model", BASE_MODEL, "greedy"), ("baseline+rep_penalty", "baseline", "rep_penalty")]
 
@@ -89,11 +94,26 @@ def write_variant(name: str, out: Path) -> Path:
     return path
 
 
-def evaluate(model: str, decoding: str, out_dir: Path, threads: int) -> dict:
-    """``entropy-reg eval`` of one model (skipped when its metrics.json exists)."""
+def heldout_prompts(out: Path) -> Path:
+    """``HELDOUT_PROMPTS`` prompts spread over the embedded held-out split, as a jsonl file under ``out``."""
+    from entropy_reg.data.pydoc_corpus import embedded_sft_records
+
+    records = embedded_sft_records(split="heldout")
+    step = max(1, len(records) // HELDOUT_PROMPTS)
+    path = out / "heldout_prompts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in records[::step][:HELDOUT_PROMPTS]))
+    return path
+
+
+def evaluate(model: str, decoding: str, out_dir: Path, threads: int, prompts: Path | None = None) -> dict:
+    """``entropy-reg eval`` of one model (skipped when its metrics.json exists); ``prompts``: a prompt file
+    instead of the built-in prompts, without repeating the held-out perplexity and the probe."""
     metrics = out_dir / "metrics.json"
     if not metrics.exists():
         args = [a if a != "greedy" else decoding for a in EVAL_ARGS]
+        if prompts is not None:
+            args = args + ["--prompts", str(prompts), *HELDOUT_EVAL_ARGS]
         cmd = [sys.executable, "-m", "entropy_reg", "eval", model, "--out", str(out_dir), f"--threads={threads}", *args]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                    WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
@@ -107,11 +127,14 @@ def evaluate(model: str, decoding: str, out_dir: Path, threads: int) -> dict:
     return json.loads(metrics.read_text())
 
 
-def run_variant(name: str, seed: int, out: Path, threads: int, train_only: bool = False) -> dict | None:
+def run_variant(name: str, seed: int, out: Path, threads: int, train_only: bool = False,
+                prompts: Path | None = None) -> dict | None:
     fit_args = PRESETS["smollm2"].fit_args
     ckpt = train(write_variant(name, out), seed, out / "runs", fit_args, threads)
     if train_only:
         return None
+    if prompts is not None:
+        return evaluate(str(ckpt), "greedy", out / "eval-heldout-prompts" / f"{name}-seed{seed}", threads, prompts)
     return evaluate(str(ckpt), "greedy", out / "eval" / f"{name}-seed{seed}", threads)
 
 
@@ -122,13 +145,14 @@ def _summary(metrics: dict, decoding: str = "greedy") -> dict[str, float]:
     s = metrics["summary"]
     return {"rep4": s[f"{decoding}/seq_rep_4"], "loops": s[f"{decoding}/any_loop_share"],
             "low_entropy_loops": s[f"{decoding}/degenerate_share"], "eos": s[f"{decoding}/eos_rate"],
-            "tp": s["probe/tp_last"], "ppl": s["perplexity"], "step": s.get("global_step")}
+            "tp": s["probe/tp_last"] if s["probe/tp_last"] is not None else float("nan"), "ppl": s["perplexity"],
+            "step": s.get("global_step")}
 
 
-def collect(out: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """``{point name: {seed: summary}}`` of every finished evaluation under ``out/eval``."""
+def collect(out: Path, folder: str = "eval") -> dict[str, dict[int, dict[str, float]]]:
+    """``{point name: {seed: summary}}`` of every finished evaluation under ``out/<folder>``."""
     found: dict[str, dict[int, dict[str, float]]] = {}
-    for path in sorted((out / "eval").glob("*/metrics.json")):
+    for path in sorted((out / folder).glob("*/metrics.json")):
         stem = path.parent.name
         name, _, seed = stem.rpartition("-seed")
         if not name:
@@ -184,6 +208,26 @@ def table(out: Path) -> str:
         lines.append(f"| {name} | {mech} | {strength} | {','.join(map(str, sorted(per)))} | {cell('rep4')} | "
                      f"{cell('loops', '{:.2f}')} | {cell('low_entropy_loops', '{:.2f}')} | {cell('tp')} | "
                      f"{cell('eos', '{:.2f}')} | {cell('ppl', '{:.2f}')} | {100 * (ppl / sft_ppl - 1):+.1f}% | {misses} |")
+    return "\n".join(lines)
+
+
+def heldout_table(out: Path) -> str:
+    """Greedy repetition on the held-out-split prompts, for every evaluated point (confirmation)."""
+    found = collect(out, "eval-heldout-prompts")
+    if not found:
+        return "(no evaluation on held-out-split prompts yet: --heldout-prompts)"
+    lines = ["| point | seeds | greedy seq-rep-4 | any-loop share | low-entropy loops | EOS rate |", "|---|---|---|---|---|---|"]
+    order = ["base-model", "baseline"] + [n for n in GRID if n != "baseline"]
+    for name in order:
+        if name in found:
+            per = found[name]
+
+            def cell(key: str) -> str:
+                vals = [m[key] for m in per.values()]
+                text = f"{_mean(vals):.3f}"
+                return text if len(vals) == 1 else text + f" ± {statistics.stdev(vals):.3f}"
+            lines.append(f"| {name} | {','.join(map(str, sorted(per)))} | {cell('rep4')} | {cell('loops')} | "
+                         f"{cell('low_entropy_loops')} | {cell('eos')} |")
     return "\n".join(lines)
 
 
@@ -246,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the grid and exit")
     ap.add_argument("--table", action="store_true", help="print the table, draw the figure and exit")
     ap.add_argument("--train-only", action="store_true", help="train the variants, evaluate nothing")
+    ap.add_argument("--heldout-prompts", action="store_true",
+                    help="evaluate on prompts of the embedded held-out split instead of the built-in prompts")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     if args.list:
@@ -261,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         names = ["baseline"] + [n for n in names if n != "baseline"]  # plain SFT first: every point needs it
         jobs = [(n, s) for s in args.seeds for n in names]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            futures = [pool.submit(run_variant, n, s, out, args.threads, args.train_only) for n, s in jobs]
-            if 0 in args.seeds and not args.train_only:
+            prompts = heldout_prompts(out) if args.heldout_prompts else None
+            futures = [pool.submit(run_variant, n, s, out, args.threads, args.train_only, prompts) for n, s in jobs]
+            if prompts is not None:
+                futures.append(pool.submit(evaluate, BASE_MODEL, "greedy", out / "eval-heldout-prompts" / "base-model",
+                                           args.threads, prompts))
+            elif 0 in args.seeds and not args.train_only:
                 for name, model, decoding in EXTRA_EVALS:
                     source = model
                     if model in GRID:
@@ -271,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     futures.append(pool.submit(evaluate, source, decoding, out / "eval" / name, args.threads))
             for f in futures:
                 f.result()
-    text = table(out)
+    text = table(out) + "\n\nOn prompts of the embedded held-out split:\n\n" + heldout_table(out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.md").write_text(text + "\n")
     print(text)
     figure = plot(out, args.plot)
