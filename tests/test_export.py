@@ -135,8 +135,8 @@ def _bad_inputs(tmp_path, checkpoints):
     return [
         ([tmp_path / "missing.ckpt", "--out", tmp_path / "o"], "checkpoint not found"),
         ([tmp_path, "--out", tmp_path / "o"], "is a directory"),
-        ([text, "--out", tmp_path / "o"], "not a readable PyTorch checkpoint"),
-        ([foreign, "--out", tmp_path / "o"], "not a CausalLMModule checkpoint"),
+        ([text, "--out", tmp_path / "o"], "cannot be read"),  # the one checkpoint reader (models.read_checkpoint)
+        ([foreign, "--out", tmp_path / "o"], "was not written by entropy_reg.CausalLMModule"),
         ([checkpoints["full"], "--out", busy], "is not empty"),
         ([checkpoints["full"], "--out", busy / "keep.txt"], "is a file"),
         ([checkpoints["full"], "--out", tmp_path / "o", "--adapters-only"], "needs a LoRA checkpoint"),

@@ -5,7 +5,8 @@
 - :func:`attach`: call once on the built trainer; hooks the model for ``input_ids`` and adds the
   callback that logs ``entropy``, ``tail_mass``, ``copy_mass``, ``ce`` and the regularizer terms.
 
-Needs transformers >= 4.46 (``compute_loss_func``); see ``docs/hf_trainer.md``.
+Needs transformers >= 4.46 (``compute_loss_func``); see ``docs/hf_trainer.md``. May import ``losses``,
+``objectives``, ``models``, ``generation``, ``metrics`` and ``training``, never Lightning (a test checks).
 """
 
 from entropy_reg.hf.callback import EntropyEvalCallback

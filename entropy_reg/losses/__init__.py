@@ -1,4 +1,7 @@
-"""Entropy-aware losses: the one-pass kernel, the regularizers, and the composed loss."""
+"""Entropy-aware losses: the one-pass kernel, the regularizers, and the composed loss.
+
+Imports only ``entropy_reg.validation`` (no Lightning, no W&B, no transformers).
+"""
 
 from .loss import EntropyRegularizedLoss, LossOutput
 from .regularizers import (

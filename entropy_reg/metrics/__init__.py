@@ -1,7 +1,7 @@
 """Pure metric functions on token ids, per-token entropies and teacher-forced logits (DESIGN.md).
 
 No W&B, no Lightning here: tensors or lists in, floats/dicts out. The probe is the one function that
-takes a model (it needs a forward pass).
+takes a model (it needs a forward pass). Imports only ``entropy_reg.models.find`` (``model_device``).
 """
 
 from entropy_reg.metrics.entropy import (

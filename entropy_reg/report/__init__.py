@@ -10,7 +10,8 @@ Programmatic use::
     evaluate_model("runs/reg.ckpt", EvalConfig()).summary()
 
 Names are imported lazily: ``entropy_reg.report.bootstrap`` (pure numpy) must not pull in
-transformers and Lightning through this package's ``__init__``.
+transformers and Lightning through this package's ``__init__``. May import ``models``, ``generation``,
+``metrics``, ``data.formatting``, ``training.wandb_env`` and ``errors``; nothing imports it but ``cli``.
 """
 
 from typing import Any
