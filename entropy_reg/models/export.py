@@ -188,7 +188,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ada
             writable.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             verify_full(tmp, model, tokenizer)  # against the checkpoint's model, not the copy written
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an export is an ordinary directory
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; an export is an ordinary directory
         if out.is_dir():
             out.rmdir()  # empty (checked above)
         os.rename(tmp, out)
@@ -203,7 +203,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ada
     return out
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it): what mode a plain ``open`` would give."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
