@@ -50,14 +50,16 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
     **{f"ditto-w{w:g}": ("DITTO", w, "ditto.yaml", {f"{OBJ0}.weight": w}) for w in (1.0, 2.0)},
     "combined-s1": ("combined (tail floor + anti-copy + entropy floor)", 1.0, "combined.yaml", {}),
     "seq_ul-w1": ("sequence unlikelihood", 1.0, "seq_ul.yaml", {}),
-    # later strengths, run when named with --only
-    "ct-w8": ("contrastive token", 8.0, "ct.yaml", {f"{REG0}.weight": 8.0}),
+    # later points, run when named with --only
+    **{f"ct_response-w{w:g}": ("contrastive token, response negatives", w, "ct.yaml",
+                              {f"{REG0}.weight": w, f"{REG0}.context": "response"}) for w in (0.5, 1.0, 2.0)},
+    "ct-w0.5": ("contrastive token", 0.5, "ct.yaml", {f"{REG0}.weight": 0.5}),
     "ditto-w0.5": ("DITTO", 0.5, "ditto.yaml", {f"{OBJ0}.weight": 0.5}),
     "seq_ul-w2": ("sequence unlikelihood", 2.0, "seq_ul.yaml", {f"{OBJ0}.weight": 2.0}),
     "combined-s3": ("combined (tail floor + anti-copy + entropy floor)", 3.0, "combined.yaml",
                     {"model.init_args.schedule": {"kind": "constant", "start": 3.0, "end": 3.0}}),
 }
-LATER = ("ct-w8", "ditto-w0.5", "seq_ul-w2", "combined-s3")
+LATER = ("ct_response-w0.5", "ct_response-w1", "ct_response-w2", "ct-w0.5", "ditto-w0.5", "seq_ul-w2", "combined-s3")
 EVAL_ARGS = ["--decoding", "greedy", "--max-new-tokens", "128", "--max-heldout", "48", "--max-length", "128",
              "--probe-sentences", "8", "--no-progress"]
 # The same generation on prompts of the embedded held-out split (never trained on, never tuned on): the

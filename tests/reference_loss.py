@@ -85,9 +85,10 @@ def reference_loss(
                     if r.name == "contrastive_token":  # negatives: every attended input in the window
                         negs = {int(input_ids[b, s]) for s in range(t + 1)
                                 if (r.window is None or s > t - r.window)
-                                and (attention_mask is None or int(attention_mask[b, s]) == 1)} - {y}
+                                and (attention_mask is None or int(attention_mask[b, s]) == 1)
+                                and (r.context == "all" or int(labels[b, s]) != ignore_index)} - {y}
                         neg_idx = torch.tensor(sorted(int(new_id[c]) for c in negs if keep[c]), dtype=torch.long)
-                        key = f"ct@{'all' if r.window is None else r.window}"
+                        key = f"ct@{'all' if r.window is None else r.window}:{r.context}"
                         stats[key] = torch.log(1 + torch.exp(z[neg_idx] - z[y_kept]).sum())
             row = stats["ce"] if include_ce else logits.new_zeros(())
             for name, reg in zip(names, regularizers, strict=False):

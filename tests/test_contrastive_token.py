@@ -84,11 +84,17 @@ def test_prompt_tokens_are_negatives_but_padding_is_not():
     masked = loss(logits=logits, labels=labels, input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1]]))
     expected = (math.log(2.0) + math.log(3.0)) / 2
     assert abs(float(masked.loss) - float(expected)) < 1e-9
+    # context="response": the prompt's 7 and 2 are not negatives; row predicting 9 has {3}
+    response = EntropyRegularizedLoss([ContrastiveToken(window=None, context="response")], include_ce=False)
+    out = response(logits=logits, labels=labels, input_ids=ids)
+    assert abs(float(out.loss) - (math.log(1.0) + math.log(2.0)) / 2) < 1e-9
 
 
 def test_bad_arguments_and_missing_input_ids_are_named():
     with pytest.raises(ValueError, match="ContrastiveToken: window must be an integer >= 1"):
         ContrastiveToken(window=0)
+    with pytest.raises(ValueError, match="ContrastiveToken: context must be 'all' or 'response'"):
+        ContrastiveToken(context="prompt")
     reg = ContrastiveToken()
     with pytest.raises(ValueError, match="ContrastiveToken: weight"):
         reg.weight = float("nan")

@@ -48,7 +48,8 @@ def cases(draw):
                 st.builds(AntiCopyPenalty, weight=st.floats(0, 2), mode=st.sampled_from(["unlikelihood", "mass"])),
                 st.builds(ConfidencePenalty, weight=st.floats(0, 1)),
                 st.builds(LabelSmoothing, epsilon=st.floats(0, 0.5)),
-                st.builds(ContrastiveToken, weight=st.floats(0, 2), window=st.one_of(st.none(), st.integers(1, 4))),
+                st.builds(ContrastiveToken, weight=st.floats(0, 2), window=st.one_of(st.none(), st.integers(1, 4)),
+                          context=st.sampled_from(["all", "response"])),
             ),
             max_size=4,
         )

@@ -28,7 +28,7 @@ from torch import Tensor
 from entropy_reg.validation import check_int
 
 from .copyset import CopySetIndex
-from .regularizers import Regularizer, _check_weight, as_integer
+from .regularizers import Regularizer, _check_weight, as_integer, parse_contrastive_key
 from .stats import ChunkRows, chunk_grad_, chunk_stats
 
 # Target size of one [chunk, V] float32 buffer. Two such buffers live at a time.
@@ -336,12 +336,11 @@ class _Plan:
         self.top_ks = sorted({min(k, V) for k in [owner.stats_top_k] + [int(key[5:]) for key in needed if key.startswith("tail@")]})
         self.reg_tail_key = {f"tail@{int(key[5:])}": f"tail@{min(int(key[5:]), V)}" for key in needed if key.startswith("tail@")}
         self.want = {k for k in needed if not k.startswith(("tail@", "ct@"))}
-        # Contrastive-token negatives: every attended input (prompt included) within each term's window.
-        self.negatives = {
-            key: CopySetIndex(input_ids, attention_mask, labels, owner.ignore_index, "all",
-                              None if key == "ct@all" else int(key[3:]))
-            for key in sorted(k for k in needed if k.startswith("ct@"))
-        }
+        # Contrastive-token negatives: the attended inputs (or the response's) within each term's window.
+        self.negatives = {}
+        for key in sorted(k for k in needed if k.startswith("ct@")):
+            window, context = parse_contrastive_key(key)
+            self.negatives[key] = CopySetIndex(input_ids, attention_mask, labels, owner.ignore_index, context, window)
         self.copy_index = None
         if input_ids is not None:
             self.want.add("copy")  # logged even when no regularizer uses it

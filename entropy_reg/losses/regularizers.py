@@ -260,9 +260,22 @@ def _check_window(name: str, value: Any, what: str) -> int | None:
     return None if value is None else _check_positive_int(name, value, what)
 
 
-def contrastive_key(window: int | None) -> str:
-    """Stat key of the contrastive-token term with negatives from the last ``window`` inputs (None: all)."""
-    return f"ct@{'all' if window is None else window}"
+def contrastive_key(window: int | None, context: str = "all") -> str:
+    """Stat key of the contrastive-token term with negatives from the last ``window`` inputs (None: all),
+    among every attended input (``context="all"``) or the response's only (``"response"``)."""
+    return f"ct@{'all' if window is None else window}:{context}"
+
+
+def parse_contrastive_key(key: str) -> tuple[int | None, str]:
+    """``(window, context)`` of a :func:`contrastive_key`."""
+    window, context = key[3:].split(":")
+    return (None if window == "all" else int(window)), context
+
+
+def _check_context(name: str, value: Any, what: str) -> str:
+    if value not in ("all", "response"):
+        raise ValueError(f"{name}: {what} must be 'all' or 'response', got {value!r}")
+    return value
 
 
 class ContrastiveToken(Regularizer):
@@ -278,29 +291,36 @@ class ContrastiveToken(Regularizer):
     on every confident position. Mean over label tokens like every regularizer.
 
     Difference from the reference code (ShaojieJiang/CT-Loss, ``ct_loss.py``): there ``N_t`` is built
-    from the *labels* (so copying the prompt is never penalised and padding is never a negative); here
-    from ``input_ids`` under the attention mask, prompt included. Where every input token is also a label
-    (no prompt masking) the two agree (tested).
+    from the *labels* (so copying the prompt is never penalised and padding is never a negative) and a
+    repeated id counts once per occurrence; here from ``input_ids`` under the attention mask, prompt
+    included (``context="all"``), each id once. ``context="response"`` takes the negatives from the
+    response (positions whose label is not ignored) only, as the reference does: the prompt's and chat
+    template's tokens are then never pushed down. Where every input token is also a label (no prompt
+    masking) and no id repeats in a window the definitions agree (tested).
 
     Args:
         weight: multiplier (>= 0); the authors use 1.
         window: how many preceding input tokens form the negatives (>= 1; None: the whole sequence so
             far). The authors use 1/8 of the training sequence length (16 for 128 tokens).
+        context: ``"all"`` (every attended input, prompt included) or ``"response"`` (inputs whose
+            label is not ignored) form the negatives.
     """
 
     name = "contrastive_token"
-    params = ("weight", "window")
+    params = ("weight", "window", "context")
     window = _Checked(_check_window)
+    context = _Checked(_check_context)
 
-    def __init__(self, weight: float = 1.0, window: int | None = 16) -> None:
+    def __init__(self, weight: float = 1.0, window: int | None = 16, context: str = "all") -> None:
         super().__init__(weight)
         self.window = window
+        self.context = context
 
     def requires(self) -> set[str]:
-        return {contrastive_key(self.window)}
+        return {contrastive_key(self.window, self.context)}
 
     def penalty(self, stats: dict[str, Tensor]) -> Tensor:
-        return stats[contrastive_key(self.window)]
+        return stats[contrastive_key(self.window, self.context)]
 
 
 REGULARIZERS = {
