@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the grid and exit")
     ap.add_argument("--table", action="store_true", help="print the table, draw the figure and exit")
     ap.add_argument("--train-only", action="store_true", help="train the variants, evaluate nothing")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="evaluate every finished training that has no evaluation yet (train nothing)")
     ap.add_argument("--heldout-prompts", action="store_true",
                     help="evaluate on prompts of the embedded held-out split instead of the built-in prompts")
     args = ap.parse_args(argv)
@@ -304,7 +306,18 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--parallel and --threads must be >= 1")
     if any(s < 0 for s in args.seeds):
         ap.error(f"--seeds must be >= 0, got {args.seeds}")
-    if not args.table:
+    if args.eval_only:
+        prompts = heldout_prompts(out) if args.heldout_prompts else None
+        folder = "eval-heldout-prompts" if prompts is not None else "eval"
+        for done in sorted((out / "runs").glob("*/seed*/DONE")):
+            name, seed = done.parent.parent.name, int(done.parent.name[4:])
+            if (args.only and name not in args.only) or seed not in args.seeds:
+                continue
+            ckpt = _last_checkpoint(done.parent)
+            evaluate(str(ckpt), "greedy", out / folder / f"{name}-seed{seed}", args.threads, prompts)
+        if prompts is not None:
+            evaluate(BASE_MODEL, "greedy", out / folder / "base-model", args.threads, prompts)
+    elif not args.table:
         names = args.only or [n for n in GRID if n not in LATER]
         names = ["baseline"] + [n for n in names if n != "baseline"]  # plain SFT first: every point needs it
         jobs = [(n, s) for s in args.seeds for n in names]
