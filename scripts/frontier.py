@@ -40,6 +40,13 @@ REG0 = "model.init_args.loss.init_args.regularizers.0.init_args"
 OBJ0 = "model.init_args.objectives.0.init_args"
 BASE_MODEL = "embedded:smollm2-135m-instruct"
 
+def _objective_of(recipe: str, weight: float) -> dict:
+    """The first objective block of a committed recipe, at ``weight`` (for points that combine mechanisms)."""
+    block = copy.deepcopy(yaml.safe_load((RECIPES / recipe).read_text())["model"]["init_args"]["objectives"][0])
+    block["init_args"]["weight"] = weight
+    return block
+
+
 # name -> (mechanism, strength, base recipe, {dotted key (list indices as numbers): value}); the key FIT_ARGS
 # holds extra `entropy-reg fit` overrides of that point (after the preset's, so they win).
 FIT_ARGS = "fit_args"
@@ -59,12 +66,17 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
     **{f"ct_response-w{w:g}": ("contrastive token, response negatives", w, "ct.yaml",
                               {f"{REG0}.weight": w, f"{REG0}.context": "response"}) for w in (0.5, 1.0, 2.0)},
     "ct-w0.5": ("contrastive token", 0.5, "ct.yaml", {f"{REG0}.weight": 0.5}),
+    "loop_floor-w0.3": ("loop entropy floor", 0.3, "loop_floor.yaml", {f"{OBJ0}.weight": 0.3}),
+    # CT for the loops, the loop floor for the probe's self-reinforcement: both at low strength
+    "ct0.5+floor0.3": ("CT (response) 0.5 + loop floor 0.3", 0.5, "ct.yaml",
+                       {f"{REG0}.weight": 0.5, f"{REG0}.context": "response",
+                        "model.init_args.objectives": [_objective_of("loop_floor.yaml", 0.3)]}),
     "ditto-w0.5": ("DITTO", 0.5, "ditto.yaml", {f"{OBJ0}.weight": 0.5}),
     "seq_ul-w2": ("sequence unlikelihood", 2.0, "seq_ul.yaml", {f"{OBJ0}.weight": 2.0}),
     "combined-s3": ("combined (tail floor + anti-copy + entropy floor)", 3.0, "combined.yaml",
                     {"model.init_args.schedule": {"kind": "constant", "start": 3.0, "end": 3.0}}),
 }
-LATER = ("baseline-cut-rows", "ct_response-w0.5", "ct_response-w1", "ct_response-w2", "ct-w0.5", "ditto-w0.5", "seq_ul-w2", "combined-s3")
+LATER = ("baseline-cut-rows", "loop_floor-w0.3", "ct0.5+floor0.3", "ct_response-w0.5", "ct_response-w1", "ct_response-w2", "ct-w0.5", "ditto-w0.5", "seq_ul-w2", "combined-s3")
 EVAL_ARGS = ["--decoding", "greedy", "--max-new-tokens", "128", "--max-heldout", "48", "--max-length", "128",
              "--probe-sentences", "8", "--no-progress"]
 # The same generation on prompts of the embedded held-out split (never trained on, never tuned on): the
