@@ -30,10 +30,12 @@ the checkpoint's run and refuses model/data settings that differ from it (:mod:`
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
 import re
+import shlex
 import socket
 import sys
 import tempfile
@@ -62,6 +64,12 @@ class _HintingParser(LightningArgumentParser):
     """Adds "did you mean" hints to jsonargparse's errors for typo'd options and class names."""
 
     def error(self, message: str, ex: Exception | None = None):
+        # A key unknown to a class (however deep: --model.objectives.init_args.lamda) is one line, not
+        # jsonargparse's usage and nested union report.
+        unknown = _unknown_key(message) if self.exit_on_error else None
+        if unknown is not None:
+            print(f"entropy-reg: error: {unknown}", file=sys.stderr)
+            self.exit(2)
         # Nested parsers pass the inner message up: add each hint once.
         hints = [h for h in _hints(message) if h not in message]
         return super().error(message + ("\n" + "\n".join(hints) if hints else ""), ex)
@@ -78,6 +86,26 @@ def _option_names() -> set[str]:
     for cls in classes:
         names.update(p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs"))
     return names
+
+
+def _unknown_key(message: str) -> str | None:
+    """``unknown key 'lamda' in --model.objectives.init_args.lamda (...); did you mean 'lam'?``, or None."""
+    found = re.search(r"Problem with given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message)
+    if found is None:
+        return None
+    class_path, key = found.groups()
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(__import__(module, fromlist=["_"]), name)
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    except Exception:  # noqa: BLE001 - a class that cannot be inspected: keep jsonargparse's report
+        return None
+    outer = re.search(r'Parser key "([\w.]+)"', message)
+    nested = re.findall(r"NestedArg\(key='([\w.]+)'", message)
+    option = ".".join(p for p in (outer.group(1) if outer else "", max(nested, key=len) if nested else key) if p)
+    close = difflib.get_close_matches(key, accepted, n=1)
+    return (f"unknown key {key!r} in --{option}: {class_path} takes {', '.join(accepted)}"
+            + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def _hints(message: str) -> list[str]:
@@ -116,9 +144,11 @@ class EntropyRegCLI(LightningCLI):
         # last.ckpt at the step the run ended, whatever the recipe's every_n_train_steps and max_steps.
         kwargs.setdefault("trainer_defaults", {"callbacks": [FinalCheckpoint()]})
         self._args: Any = None
+        self._created_dirs: list[str] = []  # output directories this command made (removed if it fails empty)
         # The one place where user errors end: one line and exit 2 (run=True also covers fitting).
-        with exit_on_user_error("entropy-reg"):
+        with exit_on_user_error("entropy-reg"), _remove_empty_dirs_on_failure(self), _exit_on_interrupt(self):
             super().__init__(*args, **kwargs)
+        _report_interrupt(self)
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         """Lightning's subcommands, and in ``--help`` also main()'s own (dispatched before this CLI)."""
@@ -177,7 +207,7 @@ class EntropyRegCLI(LightningCLI):
             return
         loggers = trainer.get("logger")
         items = loggers if isinstance(loggers, list) else [loggers]
-        _check_output_dirs(trainer, items)
+        _check_output_dirs(trainer, items, self._created_dirs)
         for logger in items:
             if getattr(logger, "class_path", None) != _WANDB_LOGGER:
                 continue
@@ -197,8 +227,80 @@ class EntropyRegCLI(LightningCLI):
                 logger.init_args = type(init_args)(**kept)
 
 
-def _check_output_dirs(trainer: Any, loggers: list) -> None:
-    """Fail before loading anything when an output directory cannot be written (clear message, exit 2)."""
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd program
+
+
+def _final_checkpoint(cli: Any) -> Any:
+    from entropy_reg.callbacks.final_checkpoint import FinalCheckpoint
+
+    trainer = getattr(cli, "trainer", None)
+    return next((c for c in getattr(trainer, "callbacks", None) or [] if isinstance(c, FinalCheckpoint)), None)
+
+
+def _resume_command(cli: Any, ckpt: str) -> str:
+    """The command line of this run with ``--ckpt_path <ckpt>`` instead of any it had."""
+    args = cli._args if isinstance(cli._args, list | tuple) else sys.argv[1:]
+    kept: list[str] = []
+    skip = False
+    for arg in map(str, args):
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["entropy-reg", *kept, "--ckpt_path", ckpt])
+
+
+@contextlib.contextmanager
+def _exit_on_interrupt(cli: Any) -> Any:
+    """Ctrl-C outside :class:`FinalCheckpoint`'s clean stop (before training, or a second Ctrl-C): exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("\nentropy-reg: interrupted before training started; nothing was saved", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except SystemExit:
+        # Lightning turns a KeyboardInterrupt inside fit into exit 1 (a second Ctrl-C: abort now).
+        final = _final_checkpoint(cli)
+        if final is None or final.aborted is None:
+            raise
+        where = [f"{c.last_model_path}" for c in cli.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")]
+        print(f"entropy-reg: aborted at step {final.aborted}; no checkpoint of that step was written"
+              + (f" (the last one: {where[0]})" if where else ""), file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _report_interrupt(cli: Any) -> None:
+    """After a Ctrl-C stop (see :class:`FinalCheckpoint`): say where the checkpoint is, how to resume; exit 130."""
+    final = _final_checkpoint(cli)
+    if final is None or final.interrupted is None:
+        return
+    step, ckpt = final.interrupted
+    if cli.trainer.is_global_zero:
+        print(f"entropy-reg: interrupted at step {step}: checkpoint {ckpt}\n"
+              f"resume with: {_resume_command(cli, ckpt)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _remove_empty_dirs_on_failure(cli: Any) -> Any:
+    """A failed command leaves no empty output directory of its own making (``runs/<name>/``)."""
+    try:
+        yield
+    except BaseException:
+        for path in reversed(cli._created_dirs):
+            with contextlib.suppress(OSError):  # not empty (logs, a W&B run, checkpoints): kept
+                os.rmdir(path)
+        raise
+
+
+def _check_output_dirs(trainer: Any, loggers: list, created: list[str] | None = None) -> list[str]:
+    """Fail before loading anything when an output directory cannot be written (clear message, exit 2).
+
+    Returns (and appends to ``created``) the directories it created, parents first.
+    """
+    created = [] if created is None else created
     dirs = [("trainer.default_root_dir", trainer.get("default_root_dir"))]
     for i, logger in enumerate(loggers):
         init_args = getattr(logger, "init_args", None) or {}
@@ -211,14 +313,21 @@ def _check_output_dirs(trainer: Any, loggers: list) -> None:
     for key, path in dirs:
         if not path:
             continue
+        missing = []
+        parent = Path(path).expanduser().absolute()
+        while not parent.exists() and parent != parent.parent:
+            missing.append(str(parent))
+            parent = parent.parent
         try:
             os.makedirs(path, exist_ok=True)
+            created += [d for d in reversed(missing) if d not in created]
             with tempfile.TemporaryFile(dir=path):
                 pass
         except OSError as exc:
             raise UserError(
                 f"output directory {str(path)!r} ({key}) is not writable: {exc}. Choose another directory."
             ) from None
+    return created
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:

@@ -310,7 +310,7 @@ class CausalLMModule(LightningModule):
         return self._steps.handle_nonfinite(self.trainer, self, error, batch_idx, self.loss_fn.scale, self._objectives)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self._steps.before_optimizer_step(optimizer)
+        self._steps.before_optimizer_step(optimizer, self._trainer)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._loss(batch)

@@ -75,3 +75,17 @@ def check_int(
         raise error(f"{owner}: {name} must be an integer >= {minimum}{' ' + alternative if alternative else ''}, "
                     f"got {value!r}")
     return number
+
+
+def check_bool(owner: str, name: str, value: Any) -> bool:
+    """``value``; ``ValueError`` unless it is a bool (1 and "true" are not)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {name} must be a bool, got {value!r}")
+    return value
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple) -> Any:
+    """``value``; ``ValueError`` unless it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {choices}, got {value!r}")
+    return value

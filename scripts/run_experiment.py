@@ -23,14 +23,23 @@ be >= 0.5 with a non-zero low-entropy-loop share, and the summary says when it i
 Runs that already have a final checkpoint are not trained again, and finished comparisons are not
 repeated (delete their folder to redo them), so an interrupted experiment resumes where it stopped.
 Progress lines (step k/N, loss, time left) of every training are relayed to the terminal.
+
+Ctrl-C (SIGINT): every process the script started is stopped the way ``entropy-reg fit`` stops on Ctrl-C
+(the step under way finishes and is saved in ``last.ckpt``; a second Ctrl-C kills them at once), nothing
+new is started, the script says which trainings and comparisons finished, which were interrupted at
+which step, and exits 130. Running the same command again resumes: finished runs are kept and an
+interrupted training continues from its checkpoint (``--ckpt_path``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +60,29 @@ TARGET_PPL_GAIN_KEPT = 0.90
 COLLAPSE_MIN_TP = 0.5
 
 
+# Generation metrics during the main job's trainings: eval/* over steps in their W&B runs (collapse grows as
+# SFT goes on). The trainings have no validation loop, so GenerationEval runs every N steps instead: 8 of
+# compare's built-in prompts (6 English, 2 Chinese), greedy, 48 new tokens, one batch. Measured on the
+# SmolLM2 main job (1 thread per training, as with --parallel 2 on 2 cores): one evaluation costs ~1.15
+# training steps (41 s vs a 36 s median step on a loaded machine), so ~6% of the training time at N = 20.
+TRAIN_EVAL_EVERY = 20
+TRAIN_EVAL_PROMPTS = (0, 4, 7, 10, 14, 17, 19, 20)  # indices into entropy_reg.report.prompts.DEFAULT_PROMPTS
+
+
+def train_eval_args(every: int = TRAIN_EVAL_EVERY, chat: bool = True) -> list[str]:
+    """``entropy-reg fit`` overrides that add a GenerationEval every ``every`` steps (after the recipe's own
+    callbacks, whose GenerationEval only runs at validation end)."""
+    from entropy_reg.report.prompts import DEFAULT_PROMPTS
+
+    prompts = [DEFAULT_PROMPTS[i] for i in TRAIN_EVAL_PROMPTS]
+    return ["--trainer.callbacks+=entropy_reg.callbacks.GenerationEval",
+            f"--trainer.callbacks.every_n_steps={every}", "--trainer.callbacks.on_validation_end=false",
+            "--trainer.callbacks.decodings=[greedy]", "--trainer.callbacks.max_new_tokens=48",
+            f"--trainer.callbacks.batch_size={len(prompts)}", f"--trainer.callbacks.use_chat_template={str(chat).lower()}",
+            "--trainer.callbacks.log_histogram=false", "--trainer.callbacks.progress=false",
+            "--trainer.callbacks.prompts=" + json.dumps(prompts, ensure_ascii=False)]
+
+
 @dataclass
 class Preset:
     baseline: str
@@ -60,6 +92,7 @@ class Preset:
     out: str
     fit_args: list[str] = field(default_factory=list)
     compare_args: list[str] = field(default_factory=list)
+    train_eval: bool = False  # add train_eval_args() to every training
 
 
 PRESETS = {
@@ -79,6 +112,7 @@ PRESETS = {
         # 128 new tokens: shorter continuations end before a loop has repeated enough to show its collapse.
         compare_args=["--max-new-tokens=128", "--seeds=1", "--max-heldout=48", "--max-length=128",
                       "--probe-sentences=8", "--no-progress"],
+        train_eval=True,
     ),
     "tiny": Preset(
         baseline="recipes/tiny/baseline.yaml",
@@ -92,6 +126,15 @@ PRESETS = {
 
 _PROGRESS_LINE = re.compile(r"^\[[^\]]*\] step \d+")  # ProgressLog's lines
 _print_lock = threading.Lock()
+EXIT_INTERRUPTED = 130
+# The processes running now, and whether the experiment is stopping (Ctrl-C): nothing new starts then.
+_procs: set[subprocess.Popen] = set()
+_procs_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+class Stopped(Exception):
+    """A step that did not run (or was cut short) because the experiment is stopping."""
 
 
 def say(text: str) -> None:
@@ -109,14 +152,27 @@ def _run(cmd: list[str], log: Path, threads: int, relay: str | None = None) -> N
     # Oversubscribed OpenMP threads spin against each other: give each process its share of the cores.
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
-        for line in proc.stdout:
-            f.write(line)
-            if relay and _PROGRESS_LINE.match(line):
-                say(f"    {relay}: " + line.split("] ", 1)[1].rstrip())
-        returncode = proc.wait()
+    with open(log, "a" if "--ckpt_path" in cmd else "w") as f:
+        with _procs_lock:
+            if _stopping.is_set():
+                raise Stopped
+            # Its own process group: a Ctrl-C in the terminal reaches this script only, which then stops
+            # every child exactly once (a second SIGINT would abort a training without saving).
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
+                                    start_new_session=True)
+            _procs.add(proc)
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                if relay and _PROGRESS_LINE.match(line):
+                    say(f"    {relay}: " + line.split("] ", 1)[1].rstrip())
+            returncode = proc.wait()
+        finally:
+            with _procs_lock:
+                _procs.discard(proc)
+    if _stopping.is_set():
+        raise Stopped
     if returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
         raise SystemExit(f"command failed (exit {returncode}): {' '.join(cmd)}\n--- last lines of {log} ---\n{tail}")
@@ -158,6 +214,41 @@ def check_final_step(ckpt: Path, steps: int | None) -> None:
                          "comparing it would describe another model (delete its run folder to retrain)")
 
 
+def _stop_children(grace_s: float = 900.0) -> None:
+    """Stop every running process as Ctrl-C stops ``entropy-reg fit`` (save, then exit); kill on a second Ctrl-C."""
+    with _procs_lock:
+        _stopping.set()
+        procs = list(_procs)
+    if not procs:
+        return
+    say(f"\ninterrupted: stopping {len(procs)} running process(es) after their current step (they save a "
+        "checkpoint; Ctrl-C again kills them at once) ...")
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _interrupted_checkpoint(run_dir: Path, steps: int | None) -> tuple[Path, int] | None:
+    """The checkpoint an interrupted (or failed) training left, and its step, if it is short of ``steps``."""
+    ckpt = _last_checkpoint(run_dir) if run_dir.is_dir() else None
+    if ckpt is None:
+        return None
+    try:
+        step = checkpoint_step(ckpt)
+    except Exception:  # noqa: BLE001 - a checkpoint cut short by a kill: train from scratch
+        return None
+    return (ckpt, step) if steps is None or 0 < step < steps else None
+
+
 def train(recipe: Path, seed: int, out: Path, extra: list[str], threads: int) -> Path:
     run_dir = out / recipe.stem / f"seed{seed}"
     done = run_dir / "DONE"
@@ -171,6 +262,10 @@ def train(recipe: Path, seed: int, out: Path, extra: list[str], threads: int) ->
            "--data.init_args.seed", str(seed), "--trainer.logger.init_args.save_dir", str(run_dir),
            "--trainer.logger.init_args.name", name, "--trainer.enable_progress_bar", "false", *extra,
            "--trainer.callbacks+=entropy_reg.callbacks.ProgressLog"]
+    resume = None if done.exists() else _interrupted_checkpoint(run_dir, expected_steps(recipe, extra))
+    if resume is not None:
+        cmd += ["--ckpt_path", str(resume[0])]
+        say(f"  {recipe.stem} seed {seed}: resuming the interrupted training from step {resume[1]} ({_rel(resume[0])})")
     t0 = time.perf_counter()
     say(f"  {recipe.stem} seed {seed}: training ... (log: {_rel(run_dir / 'fit.log')})")
     _run(cmd, run_dir / "fit.log", threads, relay=f"{recipe.stem} seed {seed}")
@@ -317,6 +412,43 @@ TARGET_TEXT = (f"target, every seed: greedy seq-rep-4 and any-loop share <= the 
                "held-out perplexity gain over the base model kept")
 
 
+@contextlib.contextmanager
+def _pool(workers: int):
+    """A thread pool that, on Ctrl-C, stops the running processes first (its workers wait on them) and
+    starts no queued job; otherwise it waits for every job as ``with ThreadPoolExecutor`` does."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool
+    except (KeyboardInterrupt, Stopped):
+        _stop_children()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def report_interrupt(jobs: list[tuple[Path, int]], candidates: list[Path], seeds: list[int], out: Path,
+                     fit_args: list[str], argv: list[str] | None) -> None:
+    """What finished, what was interrupted where, and the command that resumes."""
+    say("\ninterrupted. State of the experiment:")
+    for recipe, seed in jobs:
+        run_dir = out / recipe.stem / f"seed{seed}"
+        ckpt = _last_checkpoint(run_dir) if run_dir.is_dir() else None
+        if (run_dir / "DONE").exists() and ckpt is not None:
+            say(f"  finished:    {recipe.stem} seed {seed} ({_rel(ckpt)})")
+            continue
+        partial = _interrupted_checkpoint(run_dir, expected_steps(recipe, fit_args))
+        if partial is not None:
+            say(f"  interrupted: {recipe.stem} seed {seed} at step {partial[1]} ({_rel(partial[0])}; resumes there)")
+        else:
+            say(f"  not trained: {recipe.stem} seed {seed}")
+    for c in candidates:
+        for seed in seeds:
+            done = (out / "compare" / c.stem / f"seed{seed}" / "metrics.json").exists()
+            say(f"  {'finished:   ' if done else 'not done:   '} compare {c.stem} seed {seed}")
+    command = shlex.join(["python", "scripts/run_experiment.py", *(sys.argv[1:] if argv is None else argv)])
+    say(f"resume with the same command: {command}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(PRESETS), default="smollm2", help="preset (default %(default)s)")
@@ -352,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         ap.error("--threads must be >= 1")
     fit_args = preset.fit_args + ([f"--trainer.max_steps={args.max_steps}"] if args.max_steps is not None else []) + args.fit_arg
+    if preset.train_eval:
+        fit_args += train_eval_args()
     compare_args = preset.compare_args + args.compare_arg
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -363,21 +497,26 @@ def main(argv: list[str] | None = None) -> int:
     say(f"experiment ({args.model}): {baseline.stem} vs {', '.join(c.stem for c in candidates)}, seeds {seeds}"
         f"{', reference ' + reference if reference else ''}; out {_rel(out)}")
     jobs = [(recipe, seed) for seed in seeds for recipe in (baseline, *candidates)]
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {job: pool.submit(train, job[0], job[1], out, fit_args, threads_for(len(jobs))) for job in jobs}
-        ckpts = {job: f.result() for job, f in futures.items()}
-    say(f"  trainings done after {time.perf_counter() - t0:.0f} s; comparing")
-    results: dict[str, dict[int, dict]] = {c.stem: {} for c in candidates}
-    n_compares = len(candidates) * len(seeds)
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {
-            (c.stem, seed): pool.submit(compare, ckpts[(baseline, seed)], ckpts[(c, seed)], reference,
-                                        out / "compare" / c.stem / f"seed{seed}", compare_args,
-                                        threads_for(n_compares))
-            for c in candidates for seed in seeds
-        }
-        for (name, seed), f in futures.items():
-            results[name][seed] = f.result()
+    try:
+        with _pool(args.parallel) as pool:
+            futures = {job: pool.submit(train, job[0], job[1], out, fit_args, threads_for(len(jobs))) for job in jobs}
+            ckpts = {job: f.result() for job, f in futures.items()}
+        say(f"  trainings done after {time.perf_counter() - t0:.0f} s; comparing")
+        results: dict[str, dict[int, dict]] = {c.stem: {} for c in candidates}
+        n_compares = len(candidates) * len(seeds)
+        with _pool(args.parallel) as pool:
+            futures = {
+                (c.stem, seed): pool.submit(compare, ckpts[(baseline, seed)], ckpts[(c, seed)], reference,
+                                            out / "compare" / c.stem / f"seed{seed}", compare_args,
+                                            threads_for(n_compares))
+                for c in candidates for seed in seeds
+            }
+            for (name, seed), f in futures.items():
+                results[name][seed] = f.result()
+    except (KeyboardInterrupt, Stopped):
+        _stop_children()
+        report_interrupt(jobs, candidates, seeds, out, fit_args, argv)
+        return EXIT_INTERRUPTED
     table = summarise(results, seeds, baseline.stem, reference is not None)
     collapsed, collapse_line = collapse_check(results, seeds)
     verdicts = [verdict(name, per_seed, seeds)[1] for name, per_seed in results.items()]

@@ -459,7 +459,7 @@ class EntropyRegularizer(Callback):
         return self._steps.handle_nonfinite(trainer, self._module, error, batch_idx, self.last_scale, self._objectives)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        self._steps.before_optimizer_step(optimizer)
+        self._steps.before_optimizer_step(optimizer, trainer)
 
     def _user_loss(self, result: Any) -> Tensor:
         name = type(self._module).__name__

@@ -1,7 +1,8 @@
 """Training data: sources and row validation, formatting with loss masks, collation, the DataModule, the corpus.
 
 Imports only ``errors``/``validation`` (and the corpus); ``SFTDataModule`` (Lightning) loads lazily, so
-``entropy_reg.data.formatting`` is usable without Lightning.
+``entropy_reg.data.formatting`` is usable without Lightning. ``statistics`` (what the rows teach about
+ending and repeating) reads ``metrics.repetition`` inside its function, at setup, never at import.
 """
 
 from entropy_reg.data.collate import ResumableSampler, SFTCollator, resolve_pad_id

@@ -14,15 +14,18 @@ from typing import Literal
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from entropy_reg.data.collate import ResumableSampler, SFTCollator, _batches_done_in_epoch, resolve_pad_id
 from entropy_reg.data.formatting import IGNORE_INDEX, tokenize_chat, tokenize_prompt_response
+from entropy_reg.data.statistics import describe, row_statistics, warnings_for
 from entropy_reg.data.sources import (
     EMBEDDED_PREFIX,
     _bad_row,
     _quiet_progress_bars,
     _source_label,
+    check_one_schema,
     load_raw_dataset,
     validate_messages,
     validate_prompt_response,
@@ -49,6 +52,9 @@ class SFTDataModule(LightningDataModule):
         max_length: maximum tokens per sequence.
         truncation: ``"truncate"`` cuts long sequences at ``max_length`` (the end of the response goes);
             ``"drop"`` skips them. Both warn with a count; rows left with no labeled token are dropped.
+            At setup each split's :attr:`statistics` (truncated share, label tokens per row, responses'
+            rep-2/rep-4 and duplicate share: :mod:`entropy_reg.data.statistics`) are printed, logged as
+            ``data/<split>/*`` hyper-parameters and warned about past the thresholds documented there.
         prompt_format: ``"auto"``, ``"chat"`` or ``"plain"`` (see the module docstring).
         batch_size, num_workers: DataLoader settings.
         seed: seed of the train/val split and of the training shuffle.
@@ -109,6 +115,8 @@ class SFTDataModule(LightningDataModule):
         # Per split ("train"/"val"): rows dropped (too long or nothing labeled) and rows truncated.
         self.dropped: dict[str, int] = {}
         self.truncated: dict[str, int] = {}
+        # Per split: entropy_reg.data.statistics.row_statistics of the rows kept (logged at setup).
+        self.statistics: dict[str, dict[str, float]] = {}
 
     # -- tokenizer
 
@@ -172,6 +180,7 @@ class SFTDataModule(LightningDataModule):
         if not len(raw):
             raise UserError(f"{source}: the dataset has no rows")
         columns = set(raw.column_names)
+        check_one_schema(raw, source, self.messages_field, self.prompt_field, self.response_field)
         chat = self.messages_field in columns
         if not chat:
             for key in (self.prompt_field, self.response_field):
@@ -229,7 +238,21 @@ class SFTDataModule(LightningDataModule):
                 f"max_length={self.max_length} tokens (the end of their responses is not trained on)",
                 stacklevel=3,
             )
+        self.statistics[name] = stats = row_statistics(data_keep["input_ids"], data_keep["labels"],
+                                                       data_keep["truncated"])
+        self._log_statistics(name, stats)
         return data_keep.remove_columns(["keep", "truncated"])
+
+    def _log_statistics(self, name: str, stats: dict[str, float]) -> None:
+        """One line at setup, a warning per threshold passed (:mod:`entropy_reg.data.statistics`), and
+        ``data/<split>/<key>`` among the loggers' hyper-parameters (W&B: the run's config)."""
+        rank_zero_info(f"SFTDataModule: {name} data: {describe(stats)}")
+        for problem in warnings_for(stats):
+            warnings.warn(f"SFTDataModule: {name} data: {problem}", stacklevel=4)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.is_global_zero and stats.get("rows"):
+            for logger in trainer.loggers:
+                logger.log_hyperparams({f"data/{name}/{k}": v for k, v in stats.items()})
 
     # -- loaders
 

@@ -162,6 +162,10 @@ def _json_file_problem(path: Path) -> str | None:
 # --------------------------------------------------------------------------- validation
 
 
+# Roles chat templates know; anything else (a typo like "usr") would be rendered or dropped silently.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
+
+
 def _bad_row(source: str, row: int, key: str, problem: str) -> UserError:
     return UserError(f"{source}: row {row} (0-based): key {key!r} {problem}")
 
@@ -204,6 +208,10 @@ def validate_messages(row: dict, index: int, source: str, messages_field: str) -
         for field in ("role", "content"):
             if not isinstance(message.get(field), str):
                 raise _bad_row(source, index, f"{key}.{field}", _describe(message.get(field)))
+        if message["role"] not in CHAT_ROLES:
+            close = difflib.get_close_matches(message["role"].strip().lower(), CHAT_ROLES, n=1, cutoff=0.5)
+            raise _bad_row(source, index, f"{key}.role", f"is {message['role']!r}, not a chat role ("
+                           + ", ".join(CHAT_ROLES) + ")" + (f"; did you mean {close[0]!r}?" if close else ""))
         clean.append({"role": message["role"], "content": message["content"]})
     if not any(m["role"] == "assistant" and m["content"].strip() for m in clean):
         raise _bad_row(source, index, messages_field, "has no assistant turn with non-empty content")
@@ -222,6 +230,30 @@ def _quiet_progress_bars():
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
+
+
+def check_one_schema(raw: Any, source: str, messages_field: str, prompt_field: str, response_field: str) -> None:
+    """Refuse a dataset that mixes chat rows (``messages``) with prompt/response rows, naming where it switches.
+
+    A JSON-lines file with both kinds of rows reads as one table whose missing keys are null: every row
+    of the other kind would then be blamed for lacking a key. (Rows that have both, like some hub chat
+    sets with a ``prompt`` column next to ``messages``, are chat rows.)
+    """
+    columns = set(raw.column_names)
+    if messages_field not in columns or not ({prompt_field, response_field} & columns):
+        return
+    kinds = ["messages" if m is not None else "prompt/response" for m in raw[messages_field]]
+    first = kinds[0]
+    switch = next((i for i, kind in enumerate(kinds) if kind != first), None)
+    if switch is None:
+        return
+    other = kinds[switch]
+    keys = f"'{messages_field}'" if other == "messages" else f"'{prompt_field}'/'{response_field}'"
+    before = "row 0 (0-based) is a" if switch == 1 else f"rows 0-{switch - 1} (0-based) are"
+    raise UserError(
+        f"{source}: the file mixes two row schemas: {before} {first} row{'s' if switch > 1 else ''} and row "
+        f"{switch} is the first {other} row (it has {keys}); use one schema per file"
+    )
 
 
 def _source_label(source: str) -> str:

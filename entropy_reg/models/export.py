@@ -175,8 +175,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ada
     writable = model if adapters_only else serializable(model)
 
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:  # a read-only place
+        _remove_created(created)
+        raise UserError(f"--out {str(out)!r}: cannot write in {str(out.parent)!r} ({exc.strerror or exc}); choose a "
+                        "writable place (nothing was written)") from None
     try:
         if adapters_only:
             assert is_peft_model(model)
@@ -189,18 +194,26 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ada
             tokenizer.save_pretrained(str(tmp))
             verify_full(tmp, model, tokenizer)  # against the checkpoint's model, not the copy written
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; an export is an ordinary directory
-        if out.is_dir():
-            out.rmdir()  # empty (checked above)
-        os.rename(tmp, out)
+        try:
+            if out.is_dir():
+                out.rmdir()  # empty (checked above)
+            os.rename(tmp, out)
+        except OSError as exc:  # e.g. an empty directory that cannot be removed (read-only parent, mount point)
+            raise UserError(f"--out {str(out)!r}: cannot put the export there ({exc.strerror or exc}); pass a new "
+                            "directory in a writable place (nothing was kept)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for parent in created:  # innermost first
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        _remove_created(created)
         raise
     return out
+
+
+def _remove_created(created: list[Path]) -> None:
+    for parent in created:  # innermost first
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def current_umask() -> int:

@@ -16,6 +16,7 @@ config that adapts it makes the module fall back to the logits path, with a warn
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,8 @@ def lora_config(settings: Mapping[str, Any] | None, owner: str = "lora") -> Any:
     Args:
         settings: ``r``, ``alpha`` (or ``lora_alpha``), ``dropout`` (or ``lora_dropout``),
             ``target_modules`` (default ``"all-linear"``: every linear layer of attention and MLP,
-            not the LM head) and any other ``peft.LoraConfig`` field (``use_rslora``, ``bias``, ...).
+            not the LM head; a list of names, a bare name ``"q_proj"`` meaning ``[q_proj]``, or another
+            string as peft's regex over the full module path) and any other ``peft.LoraConfig`` field (``use_rslora``, ``bias``, ...).
         owner: prefix of error messages (e.g. ``"CausalLMModule: lora"``).
 
     Raises:
@@ -70,6 +72,11 @@ def lora_config(settings: Mapping[str, Any] | None, owner: str = "lora") -> Any:
             raise UserError(f"{owner}: {given[name]!r} and {key!r} set the same LoRA setting {name!r}")
         given[name] = key
         kwargs[name] = list(value) if isinstance(value, tuple) else value
+    target = kwargs["target_modules"]
+    if isinstance(target, str) and target != "all-linear" and re.fullmatch(r"[A-Za-z_]\w*", target):
+        # peft reads a string as a regex over the full module path ("model.layers.0.self_attn.q_proj"),
+        # so a bare name would match nothing: it means the list of that one name, as ``[q_proj]`` does.
+        kwargs["target_modules"] = [target]
     r, alpha, dropout = kwargs["r"], kwargs["lora_alpha"], kwargs["lora_dropout"]
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise UserError(f"{owner}: r must be an integer >= 1, got {r!r}")

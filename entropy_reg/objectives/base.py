@@ -14,6 +14,7 @@ accumulated step, and identical after a resume (the checkpoint restores ``seed``
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entropy_reg.losses.regularizers import _Checked
 from entropy_reg.training.nonfinite import skip_step_loss
-from entropy_reg.validation import check_int, check_nonnegative, check_unit  # noqa: F401 (the objectives' checks)
+from entropy_reg.validation import (  # noqa: F401 (the objectives' checks)
+    check_bool,
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_open_unit,
+    check_unit,
+)
 
 ReduceSum = Callable[[Tensor], Tensor]
 
@@ -78,6 +87,16 @@ class ObjectiveOutput:
     stats: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
+def checked(check: Callable[..., Any], *args: Any, **kwargs: Any) -> _Checked:
+    """An objective parameter validated on every assignment, as regularizers' are (``losses.regularizers._Checked``).
+
+    ``check`` is an ``entropy_reg.validation.check_*`` called as ``check(owner, name, value, *args, **kwargs)``:
+    ``o.weight = -1`` after construction raises the constructor's ``ValueError``. The value lives in
+    ``_<name>``.
+    """
+    return _Checked(lambda owner, value, name: check(owner, name, value, *args, **kwargs))
+
+
 def zero_loss(model: torch.nn.Module) -> Tensor:
     """An exact 0 that reaches every trainable parameter of ``model`` (zero gradients)."""
     return skip_step_loss(model)
@@ -115,12 +134,15 @@ class Objective:
     name: str = "objective"
     stat_keys: tuple[str, ...] = ("loss",)
     needs_generation: bool = False
+    # Validated on every assignment (``o.rate = 5`` raises like the constructor); subclasses declare theirs.
+    weight = checked(check_nonnegative)
+    rate = checked(check_unit)
+    seed = checked(check_int, 0)
 
     def __init__(self, weight: float = 1.0, rate: float = 1.0, seed: int = 0) -> None:
-        owner = type(self).__name__
-        self.weight = check_nonnegative(owner, "weight", weight)
-        self.rate = check_unit(owner, "rate", rate)
-        self.seed = check_int(owner, "seed", seed, 0)
+        self.weight = weight
+        self.rate = rate
+        self.seed = seed
 
     def setup(self, tokenizer: Any | None) -> None:
         """Read what the objective needs from the tokenizer, once, before training."""
@@ -154,5 +176,6 @@ class Objective:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self" and hasattr(self, n)]
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in names)
         return f"{type(self).__name__}({args})"

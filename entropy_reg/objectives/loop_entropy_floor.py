@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from .base import ObjectiveContext, ObjectiveOutput, check_int, stat, zero_loss
+from .base import ObjectiveContext, ObjectiveOutput, check_choice, check_int, checked, stat, zero_loss
 from .logprobs import per_position
 from .repetition_consistency import PseudoRepetitionObjective
 
@@ -65,6 +65,8 @@ class LoopEntropyFloor(PseudoRepetitionObjective):
 
     name = "loop_entropy_floor"
     stat_keys = ("loss", "first", "repeat", "fall_share", "skipped_share")
+    statistic = checked(check_choice, _STATISTICS)
+    top_k = checked(check_int, 1)
 
     def __init__(
         self,

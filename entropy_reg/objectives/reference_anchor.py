@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Objective, ObjectiveContext, ObjectiveOutput, check_int, stat, zero_loss
+from .base import Objective, ObjectiveContext, ObjectiveOutput, check_choice, check_int, checked, stat, zero_loss
 from .logprobs import per_position
 from .sequence_unlikelihood import continue_prefixes, eos_ids_of, mark_repeats
 
@@ -101,6 +101,12 @@ class ReferenceAnchor(Objective):
 
     name = "reference_anchor"
     stat_keys = ("loss", "rep4_share", "skipped_share")
+    source = checked(check_choice, _SOURCES)
+    direction = checked(check_choice, _DIRECTIONS)
+    response_tokens = checked(check_int, 0)
+    prefix_length = checked(check_int, 1)
+    continuation_length = checked(check_int, 1)
+    reuse_steps = checked(check_int, 1)
 
     def __init__(
         self,

@@ -19,8 +19,11 @@ from .base import (
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
+    check_bool,
     check_int,
+    check_open_unit,
     check_unit,
+    checked,
     example_seed,
     stat,
     zero_loss,
@@ -132,6 +135,11 @@ class PseudoRepetitionObjective(Objective):
     step)`` in ``compute``; the sentence-end tokens come from the tokenizer at ``setup``.
     """
 
+    min_sentence_tokens = checked(check_int, 1)
+    max_sentence_tokens = checked(check_int, 1)
+    max_length = checked(check_int, 2, allow_none=True)
+    max_prefix_tokens = checked(check_int, 0, allow_none=True)
+
     def init_sentences(self, min_sentence_tokens: int, max_sentence_tokens: int, max_length: int | None,
                        max_prefix_tokens: int | None, sentence_end_ids: Iterable[int] | None,
                        ignore_index: int) -> None:
@@ -214,6 +222,9 @@ class RepetitionConsistency(PseudoRepetitionObjective):
 
     name = "ditto"
     stat_keys = ("loss", "p_repeat", "p_previous", "rise_share", "skipped_share")
+    lam = checked(check_unit)
+    one_sided = checked(check_bool)
+    eps = checked(check_open_unit)
 
     def __init__(
         self,

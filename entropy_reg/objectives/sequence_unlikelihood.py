@@ -11,7 +11,7 @@ from torch import Tensor
 
 from entropy_reg.generation.decode import _eos_ids, parse_decoding
 
-from .base import Objective, ObjectiveContext, ObjectiveOutput, check_int, stat, zero_loss
+from .base import Objective, ObjectiveContext, ObjectiveOutput, check_int, check_open_unit, checked, stat, zero_loss
 from .logprobs import token_logprobs
 
 
@@ -135,6 +135,10 @@ class SequenceUnlikelihood(Objective):
     name = "seq_ul"
     stat_keys = ("loss", "marked_share", "p_marked", "skipped_share")
     needs_generation = True
+    prefix_length = checked(check_int, 1)
+    ngram = checked(check_int, 1)
+    continuation_length = checked(check_int, 1)
+    eps = checked(check_open_unit)
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ left untouched on failure (all files are written only after the comparison succe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -96,6 +97,24 @@ def _pick(pos: str | None, opt: str | None, role: str) -> str:
     return value
 
 
+def _same_model(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # not both files: names such as "tiny" or a hub id
+        return a == b
+
+
+def check_distinct(baseline: str, candidate: str, reference: str | None) -> None:
+    """Warn (one line on stderr) when a model is compared with itself: every difference will be 0."""
+    if _same_model(baseline, candidate):
+        print(f"entropy-reg compare: warning: --baseline and --candidate are the same model ({candidate!r}): every "
+              "difference will be 0 (at best a check of the noise floor); pass two different models", file=sys.stderr)
+    for role, path in (("baseline", baseline), ("candidate", candidate)):
+        if reference is not None and _same_model(reference, path):
+            print(f"entropy-reg compare: warning: --reference is the {role} model ({reference!r}): its columns "
+                  f"repeat the {role}'s", file=sys.stderr)
+
+
 # Smallest accepted value of each integer option (checked here, so the message names the flag as typed).
 MINIMUMS = {"max_new_tokens": 1, "seeds": 1, "batch_size": 1, "max_heldout": 1, "max_length": 2,
             "probe_repeats": 1, "probe_sentences": 0, "rep_window": 1, "bootstrap": 1, "max_samples": 0,
@@ -123,9 +142,12 @@ def run(argv: Sequence[str]) -> int:
 
     args = build_parser().parse_args(list(argv))
     check_numbers(args)
+    baseline = _pick(args.baseline_pos, args.baseline, "baseline")
+    candidate = _pick(args.candidate_pos, args.candidate, "candidate")
+    check_distinct(baseline, candidate, args.reference)
     config = CompareConfig(
-        baseline=_pick(args.baseline_pos, args.baseline, "baseline"),
-        candidate=_pick(args.candidate_pos, args.candidate, "candidate"),
+        baseline=baseline,
+        candidate=candidate,
         reference=args.reference,
         prompts_file=args.prompts,
         decodings=split_decodings(args.decoding),

@@ -33,7 +33,7 @@ from entropy_reg.report.evaluate import (
 from entropy_reg.report.generate import Runs
 from entropy_reg.report.heldout import HeldoutStats
 from entropy_reg.report.loading import check_model_path, check_same_tokenizer, load_one
-from entropy_reg.report.prompts import load_heldout, load_prompts
+from entropy_reg.report.prompts import check_context, load_heldout, load_prompts
 from entropy_reg.report.rows import REFERENCE, Row, report_rows
 
 __all__ = ["CompareConfig", "Comparison", "compare_models", "parse_decodings"]
@@ -119,6 +119,7 @@ def compare_models(config: CompareConfig, thresholds: CollapseThresholds | None 
 
     # The per-model step of `entropy-reg eval`, for each role on the same inputs (baseline's tokenizer).
     inputs = prepare_inputs(tokenizer, prompts, heldout_texts, config.max_length, config.probe_sentences)
+    check_context(inputs.prompt_ids, prompts, config.max_new_tokens, {role: m for role, (m, _) in models.items()})
     results = {role: measure_model(m, tok, inputs, decodings, config, label=role, desc="compare: generating")
                for role, (m, tok) in models.items()}
     for step in ("generate", "heldout_and_probe"):

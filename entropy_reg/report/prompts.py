@@ -124,6 +124,38 @@ def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
     return [list(tokenizer(format_prompt(tokenizer, p), add_special_tokens=not chat)["input_ids"]) for p in prompts]
 
 
+def context_length(model: Any) -> int | None:
+    """The positions a model can attend over (``max_position_embeddings`` or the like), None if unknown."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(prompt_ids: list[list[int]], prompts: list[str], max_new_tokens: int,
+                  models: dict[str, Any]) -> None:
+    """Refuse a prompt that, with ``max_new_tokens``, does not fit a model's context (naming it and the limits).
+
+    A longer input would run past the positions the model was trained on and report numbers about
+    nothing the model can do; cutting it silently would change the question.
+    """
+    for role, model in models.items():
+        context = context_length(model)
+        if context is None:
+            continue
+        for i, ids in enumerate(prompt_ids):
+            if len(ids) + max_new_tokens > context:
+                text = " ".join(prompts[i].split())
+                text = text[:40] + ("..." if len(text) > 40 else "")
+                raise InputError(
+                    f"prompt {i} (0-based, {text!r}) is {len(ids):,} tokens as formatted: with --max-new-tokens "
+                    f"{max_new_tokens} it does not fit the {role} model's context of {context} positions; shorten "
+                    f"it to at most {max(0, context - max_new_tokens)} tokens or lower --max-new-tokens"
+                )
+
+
 def probe_sentences(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
     """Up to ``limit`` probe sentences (token ids), the first usable sentence of each held-out text.
 

@@ -7,7 +7,13 @@ recipe would be ignored without a word. :func:`resume_config` makes the rules ex
 - model and data settings the command gives (recipe or command line) must equal the checkpoint's;
   otherwise a :class:`~entropy_reg.errors.UserError` lists every differing key with both values (to
   train with other settings from these weights, start a new run with ``--model.init_from CKPT``);
-- settings the command leaves out are taken from the checkpoint (model and data);
+- the comparison goes both ways: when the command gives a block (a recipe's ``model:`` or ``data:``), a
+  setting it leaves out is its default, and a checkpoint that holds something else is refused too (the
+  baseline recipe on a DITTO checkpoint would otherwise resume *with* the objective). ``None`` and an
+  empty list are the same setting, and so are ``loss: None`` and a saved loss without regularizers
+  (plain cross-entropy either way); ``init_from`` is only compared when given;
+- when the command gives no setting of a block at all (``--config`` with only the ``class_path``, or
+  no config), the block is taken from the checkpoint;
 - trainer, callback and logger settings are the command's (e.g. a larger ``trainer.max_steps`` trains
   longer), and so is ``data.num_workers`` (it does not change what is computed);
 - ``model.init_from`` is not applied again: the weights come from the checkpoint.
@@ -28,6 +34,8 @@ HONOURED = {"data": {"num_workers"}, "model": set()}
 # Data settings set from the model block by the CLI's links: not settable, and checked as model settings.
 LINKED = {"data": {"tokenizer", "gguf_file"}, "model": set()}
 _CKPT_KEYS = {"model": "hyper_parameters", "data": "datamodule_hyper_parameters"}
+# Settings only compared when the command gives them (resuming never applies them again).
+ONLY_WHEN_GIVEN = {"model": {"init_from"}, "data": set()}
 
 
 def _plain(value: Any) -> Any:
@@ -64,6 +72,16 @@ def differences(key: str, given: Any, saved: Any) -> list[str]:
     return [] if _same(given, saved) else [f"{key}: {given!r} here, {saved!r} in the checkpoint"]
 
 
+def _same_as_left_out(key: str, current: Any, saved: Any) -> bool:
+    """Whether a setting the command leaves out (its default ``current``) is what the checkpoint holds."""
+    empty = (None, [], {})
+    if current in empty and saved in empty:
+        return True
+    if key == "loss" and current is None and isinstance(saved, dict):
+        return not (saved.get("init_args") or {}).get("regularizers")  # plain cross-entropy either way
+    return not differences(key, current, saved)
+
+
 def read_saved_settings(ckpt_path: str) -> dict[str, dict]:
     """``{"model": hyper_parameters, "data": datamodule_hyper_parameters}`` of a checkpoint file."""
     from entropy_reg.models import read_checkpoint
@@ -76,6 +94,15 @@ def read_saved_settings(ckpt_path: str) -> dict[str, dict]:
         hparams.pop("_class_path", None)
         saved[block] = _plain(hparams)
     return saved
+
+
+def _short(value: Any) -> str:
+    """A saved setting in a message: class paths instead of whole ``init_args`` blocks."""
+    if isinstance(value, dict) and "class_path" in value:
+        return str(value["class_path"]).rsplit(".", 1)[-1] + "(...)"
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "class_path" in v for v in value):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return repr(value)
 
 
 def resume_config(parser: Any, config: Any, given: Any, subcommand: str) -> Any:
@@ -104,12 +131,18 @@ def resume_config(parser: Any, config: Any, given: Any, subcommand: str) -> Any:
         for key in sorted(given_keys - skip):
             if key in saved[block] and key in current:
                 conflicts += differences(f"{block}.{key}", current[key], saved[block][key])
+        if given_keys - skip:  # the command describes this block: what it leaves out is its default
+            for key in sorted(set(current) - given_keys - skip - ONLY_WHEN_GIVEN[block]):
+                if key in saved[block] and not _same_as_left_out(key, current[key], saved[block][key]):
+                    conflicts.append(f"{block}.{key}: left out here (default {current[key]!r}), "
+                                     f"{_short(saved[block][key])} in the checkpoint")
         restore[block] = {k: v for k, v in saved[block].items() if k in current and k not in skip | given_keys}
     if conflicts:
         raise UserError(
             f"--ckpt_path {ckpt_path!r} resumes that run as it was, but the command changes its settings: "
             + "; ".join(conflicts)
-            + ". To resume, use the checkpoint's values (or leave them out); to train with new settings from "
+            + ". To resume, use the checkpoint's values (or a recipe that matches it, or no model/data settings at "
+            "all: they are then taken from the checkpoint); to train with new settings from "
             f"its weights, start a new run with --model.init_from {ckpt_path} instead of --ckpt_path."
         )
     restore = {block: values for block, values in restore.items() if values}

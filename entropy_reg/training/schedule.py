@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from entropy_reg.validation import check_int, check_nonnegative
+
 _KINDS = ("linear", "cosine", "constant")
 
 
@@ -45,12 +47,11 @@ class CoefficientSchedule:
         kind: str = "linear",
         hold_steps: int = 0,
     ) -> None:
+        # The shared checks name the key whatever the value is ({start: abc} included).
         for name, value in (("warmup_steps", warmup_steps), ("hold_steps", hold_steps)):
-            if isinstance(value, bool) or int(value) != value or value < 0:
-                raise ValueError(f"CoefficientSchedule: {name} must be an integer >= 0, got {value!r}")
+            check_int("CoefficientSchedule", name, value, 0)
         for name, value in (("start", start), ("end", end)):
-            if not math.isfinite(float(value)) or float(value) < 0:
-                raise ValueError(f"CoefficientSchedule: {name} must be a finite number >= 0, got {value!r}")
+            check_nonnegative("CoefficientSchedule", name, value)
         if kind not in _KINDS:
             raise ValueError(f"CoefficientSchedule: kind must be one of {_KINDS}, got {kind!r}")
         if kind == "constant" and warmup_steps:
