@@ -7,18 +7,20 @@ and the verdict against the target.
 
     python scripts/run_experiment.py                     # the main job: SmolLM2-135M-Instruct, seed 0
     python scripts/run_experiment.py --model tiny        # tiny Llama recipes, seeds 0 1 2 (CI-scale)
-    python scripts/run_experiment.py --candidate recipes/smollm2-135m/ditto.yaml \\
-        --candidate recipes/smollm2-135m/full.yaml --seeds 0 1 2 --out runs/smollm2-3seeds
+    python scripts/run_experiment.py --candidate recipes/smollm2-135m/ct.yaml \\
+        --candidate recipes/smollm2-135m/ditto.yaml --seeds 0 1 2 --out runs/smollm2-3seeds
 
-Presets (``--model``): ``smollm2`` trains ``recipes/smollm2-135m/baseline.yaml`` vs ``ditto.yaml`` (DITTO
-repetition consistency) for a short run of 4 x 128-token batches and uses the untouched pretrained model
-as the reference; ``tiny`` trains ``recipes/tiny/baseline.yaml`` vs ``combined.yaml`` (no reference: the
-tiny model starts from random weights). Every option overrides its preset.
+Presets (``--model``): ``smollm2`` trains ``recipes/smollm2-135m/baseline.yaml`` vs ``ct.yaml`` (the
+contrastive token loss at weight 2: the point of the frontier, docs/frontier.md, that met the most target
+criteria) for 40 steps of 4 x 128-token batches on rows that end as written (``truncation=drop``), and
+uses the untouched pretrained model as the reference; ``tiny`` trains ``recipes/tiny/baseline.yaml`` vs
+``combined.yaml`` (no reference: the tiny model starts from random weights). Every option overrides its
+preset. Every compared checkpoint must hold the final step (``global_step == max_steps``, checked).
 
-Target (issue "show it where collapse lives"), best candidate against plain SFT on every seed: greedy
-seq-rep-4 <= 30% of the baseline's, probe TP(8) <= 0.4, low-entropy-loop ("degenerate") share <= 0.05,
-held-out perplexity <= +3%. A result counts only on a testbed that collapses: the baseline's TP(8) must
-be >= 0.5 with a non-zero low-entropy-loop share, and the summary says when it is not.
+Target (issue 19), every seed: greedy seq-rep-4 and the share of continuations in any loop at or below the
+base model's, low-entropy-loop share <= 0.05, probe TP(8) <= 0.5, and >= 90% of plain SFT's held-out
+perplexity gain over the base model kept. A result counts only on a testbed that collapses: the
+baseline's TP(8) must be >= 0.5 with a non-zero low-entropy-loop share, and the summary says when it is not.
 
 Runs that already have a final checkpoint are not trained again, and finished comparisons are not
 repeated (delete their folder to redo them), so an interrupted experiment resumes where it stopped.
@@ -98,7 +100,7 @@ class Preset:
 PRESETS = {
     "smollm2": Preset(
         baseline="recipes/smollm2-135m/baseline.yaml",
-        candidates=["recipes/smollm2-135m/ditto.yaml"],
+        candidates=["recipes/smollm2-135m/ct.yaml"],
         reference="embedded:smollm2-135m-instruct",
         seeds=[0],
         out="runs/main/smollm2",
