@@ -204,7 +204,6 @@ def table(out: Path) -> str:
     if "baseline" not in found or "base-model" not in found:
         return "(the baseline and the base model are not evaluated yet)"
     sft, base = found["baseline"], found["base-model"][0]
-    sft_ppl = _mean([m["ppl"] for m in sft.values()])
     lines = ["| point | mechanism | strength | seeds | greedy seq-rep-4 | any-loop share | low-entropy loops | "
              "TP(8) | EOS rate | held-out ppl | ppl vs plain SFT | target misses |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -223,12 +222,13 @@ def table(out: Path) -> str:
             vals = [m[key] for m in per.values()]
             text = fmt.format(_mean(vals))
             return text if len(vals) == 1 else text + " ± " + fmt.format(statistics.stdev(vals))
-        ppl = _mean([m["ppl"] for m in per.values()])
-        misses = "" if name in ("base-model", "baseline") else "; ".join(sorted(set(
+        # vs plain SFT of the same seed (the same data order), averaged over the point's seeds
+        change = _mean([m["ppl"] / (sft.get(seed) or next(iter(sft.values())))["ppl"] - 1 for seed, m in per.items()])
+        misses = "" if name in ("base-model", "baseline", "baseline-cut-rows") else "; ".join(sorted(set(
             m.split(" (seed")[0] for m in target_check(per, base, sft)))) or "**none: target met**"
         lines.append(f"| {name} | {mech} | {strength} | {','.join(map(str, sorted(per)))} | {cell('rep4')} | "
                      f"{cell('loops', '{:.2f}')} | {cell('low_entropy_loops', '{:.2f}')} | {cell('tp')} | "
-                     f"{cell('eos', '{:.2f}')} | {cell('ppl', '{:.2f}')} | {100 * (ppl / sft_ppl - 1):+.1f}% | {misses} |")
+                     f"{cell('eos', '{:.2f}')} | {cell('ppl', '{:.2f}')} | {100 * change:+.1f}% | {misses} |")
     return "\n".join(lines)
 
 
@@ -258,13 +258,16 @@ def plot(out: Path, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    found = collect(out)
+    # seed 0 only: every point has it, so each is compared with the plain SFT of the same data order
+    found = {name: {0: per[0]} for name, per in collect(out).items() if 0 in per}
     if "baseline" not in found or "base-model" not in found:
         return None
-    sft_ppl = _mean([m["ppl"] for m in found["baseline"].values()])
+    sft, base = found["baseline"], found["base-model"][0]
+    budget = 100 * ((base["ppl"] - 0.9 * (base["ppl"] - sft[0]["ppl"])) / sft[0]["ppl"] - 1)
 
     def xy(per: dict, key: str) -> tuple[float, float]:
-        return 100 * (_mean([m["ppl"] for m in per.values()]) / sft_ppl - 1), _mean([m[key] for m in per.values()])
+        change = _mean([m["ppl"] / (sft.get(seed) or next(iter(sft.values())))["ppl"] - 1 for seed, m in per.items()])
+        return 100 * change, _mean([m[key] for m in per.values()])
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     mechanisms: dict[str, list[tuple[float, str]]] = {}
@@ -287,12 +290,18 @@ def plot(out: Path, path: Path) -> Path | None:
                 x, y = xy(found[name], key)
                 ax.scatter([x], [y], marker=marker, s=120, color="black", zorder=5)
                 ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
-        ax.set_xlabel("held-out perplexity vs plain SFT (%)")
+        bar = base["rep4"] if key == "rep4" else base["loops"]
+        ax.axvline(budget, color="grey", ls="--", lw=0.8)
+        ax.axhline(bar, color="grey", ls="--", lw=0.8)
+        ax.fill_between([ax.get_xlim()[0], budget], -0.01, bar, color="green", alpha=0.07,
+                        label="target corner (>= 90% of SFT's ppl gain, <= base model)" if key == "rep4" else None)
+        ax.set_xlabel("held-out perplexity vs plain SFT of the same seed (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1].set_title("o-: any loop (low- or high-entropy); x: low-entropy loops only", fontsize=9)
-    axes[0].set_title("SmolLM2-135M-Instruct, 40 steps, whole rows, seed 0 (numbers: strength)", fontsize=9)
-    axes[0].legend(fontsize=8)
+    axes[0].set_title("SmolLM2-135M-Instruct, 40 steps of 4 x 128 tokens, whole rows, seed 0 (numbers: strength)",
+                      fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
