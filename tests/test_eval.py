@@ -132,6 +132,11 @@ def test_top_level_help_lists_every_command(capsys):
     (["tiny", "--decoding", "beam"], "--decoding: "),
     (["tiny", "--prompts", "nope.jsonl"], "nope.jsonl"),
     (["tiny", "--probe-sentences", "-1"], "--probe-sentences must be >= 0"),
+    (["tiny", "--data", "nope.jsonl"], "--data: dataset file not found: 'nope.jsonl'"),
+    (["tiny", "--data", "embedded:pydoc", "--data-max-length", "1"], "--data-max-length must be an integer >= 2"),
+    # the tiny model has 512 positions: the prompt and 600 new tokens do not fit (as compare refuses)
+    (["tiny", "--max-new-tokens", "600"], "with --max-new-tokens 600 it does not fit the evaluated model's context "
+                                          "of 512 positions"),
     ([], "the following arguments are required: MODEL"),
 ])
 def test_bad_inputs_exit_2_with_one_line(argv, expected, tmp_path, capsys, monkeypatch):
@@ -146,6 +151,67 @@ def test_bad_inputs_exit_2_with_one_line(argv, expected, tmp_path, capsys, monke
     if argv:  # argparse's own errors print the usage first
         assert len(err.splitlines()) == 1 and err.startswith("entropy-reg eval: error: "), err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def _write_rows(path, responses):
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}?", "response": r}) + "\n"
+                            for i, r in enumerate(responses)), "utf-8")
+    return path
+
+
+def test_cli_data_reports_the_training_rows(models, tmp_path, capsys):
+    """--data (issue 21 §5): the statistics SFTDataModule logs, in the summary, metrics.json, the reports and
+    one warning line per threshold passed."""
+    import warnings
+
+    from entropy_reg.data import SFTDataModule
+    from entropy_reg.models.tiny import build_tiny_tokenizer
+    from entropy_reg.report.eval_cli import main
+
+    loop = "the cat sat on the mat. " * 8  # ~50 tokens: cut at 32, repeats itself, six times the same
+    data = _write_rows(tmp_path / "train.jsonl", [loop] * 6 + ["A fine answer that ends.", "Another one, short."])
+    out = tmp_path / "ev"
+    assert main([models["ckpt"], "--prompts", models["prompts"], "--out", str(out), "--data", str(data),
+                 "--data-max-length", "32", "--decoding", "greedy", "--max-new-tokens", "4", "--seeds", "1",
+                 "--max-heldout", "2", "--probe-sentences", "0", "--max-length", "32", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "metrics.json").read_text("utf-8"))["summary"]
+    # the same numbers SFTDataModule computes at setup (entropy_reg.data.statistics, one copy)
+    dm = SFTDataModule(tokenizer=build_tiny_tokenizer(), dataset=str(data), val_fraction=0.0, max_length=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup("fit")
+    expected = dm.statistics["train"]
+    assert {k[5:]: v for k, v in summary.items() if k.startswith("data/")} == {
+        **expected, "file": str(data), "max_length": 32, "dropped_rows": 0}
+    assert summary["data/rows"] == 8 and summary["data/truncated_share"] == pytest.approx(6 / 8)
+    assert summary["data/duplicate_share"] == pytest.approx(5 / 8) and summary["data/rep_4"] > 0.2
+    assert ModelEvaluation.load(out).summary() == summary  # saved and read back
+    assert "data/truncated_share" in captured.out and "data/rep_4" in captured.out
+    warning_lines = [line for line in captured.err.splitlines() if "warning: --data" in line]
+    assert len(warning_lines) == 3, captured.err
+    assert "6 of 8 rows (75.0%) are cut at max_length before their end" in warning_lines[0]
+    assert "rep-4" in warning_lines[1] and "62.5% of the responses are exact duplicates" in warning_lines[2]
+    md = (out / "report.md").read_text("utf-8")
+    assert "### training data (--data)" in md and "| rows truncated (cut before their end, never ending) | 75.0% |" in md
+    assert "- WARNING (training data): 6 of 8 rows" in md
+    page = (out / "report.html").read_text("utf-8")
+    assert 'data-key="data/rep_4"' in page and "exact duplicates" in page
+
+
+def test_bad_data_file_exits_2_with_one_line(models, tmp_path, capsys):
+    from entropy_reg.report.eval_cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q?", "response": "A."}) + "\n" + json.dumps({"prompt": "Q2?"}) + "\n")
+    out = tmp_path / "ev"
+    with pytest.raises(SystemExit) as exc:
+        main([models["a"], "--out", str(out), "--data", str(bad), "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("entropy-reg eval: error: --data: "), err
+    assert "bad.jsonl" in err and "response" in err, err
+    assert not out.exists()
 
 
 def test_out_that_is_a_file_exits_2(models, tmp_path, capsys):

@@ -68,9 +68,18 @@ def describe(stats: dict[str, Any]) -> str:
             f"(seq-rep-n); duplicate responses {100 * stats['duplicate_share']:.1f}%")
 
 
-def warnings_for(stats: dict[str, Any]) -> list[str]:
-    """What in ``stats`` is past :data:`THRESHOLDS` (truncation is warned about where rows are cut)."""
+def warnings_for(stats: dict[str, Any], truncation: bool = False) -> list[str]:
+    """What in ``stats`` is past :data:`THRESHOLDS`.
+
+    Truncation is warned about where rows are cut (SFTDataModule's own count); ``truncation=True`` adds
+    it here (``entropy-reg eval --data``).
+    """
     out = []
+    if truncation and stats.get("rows") and stats["truncated_share"] > THRESHOLDS["truncated_share"]:
+        cut = round(stats["truncated_share"] * stats["rows"])
+        out.append(f"{cut} of {stats['rows']} rows ({100 * stats['truncated_share']:.1f}%) are cut at max_length "
+                   "before their end: the model is trained never to see them end (raise max_length or shorten "
+                   "the rows)")
     if stats.get("rows") and stats["rep_4"] > THRESHOLDS["rep_4"]:
         out.append(f"responses repeat themselves: rep-4 {stats['rep_4']:.3f} > {THRESHOLDS['rep_4']} (a share of "
                    "each response's 4-grams repeated inside it); repetitive training text breeds repetitive "

@@ -12,6 +12,14 @@ model directory, a ``.gguf`` file, ``tiny`` or ``embedded:smollm2-135m-instruct`
 the DITTO probe) with the same code, and writes ``metrics.json`` (``summary`` plus everything needed to
 pair two evaluations later), ``report.md``, ``report.html`` and the PNG plots into ``--out``.
 
+``--data FILE`` also measures a training data file (any dataset SFTDataModule takes: ``.jsonl``/``.json``/
+``.parquet``, ``embedded:pydoc``), tokenised by MODEL's tokenizer as training does with
+``--data-max-length`` tokens per row (default 256, as the recipes): rows truncated (and so never ending),
+responses' rep-2/rep-4 and duplicate share, label tokens per row (``data/*`` in the summary, a table in
+the report) and one ``warning:`` line on stderr per threshold passed (entropy_reg.data.statistics.THRESHOLDS:
+any truncated row, rep-4 > 0.2, duplicates > 5%). A prompt that, with ``--max-new-tokens``, does not fit
+MODEL's context is refused (as ``compare`` does).
+
 Exit status: 0 on success, 2 on a bad input (one line naming the file/path/option); ``--out`` is left
 untouched on failure.
 """
@@ -48,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "\"text\" (or prompt/response); default: the embedded heldout split")
     p.add_argument("--max-heldout", type=int, default=128, help="use the first N held-out texts; default %(default)s")
     p.add_argument("--max-length", type=int, default=256, help="held-out tokens per text; default %(default)s")
+    p.add_argument("--data", metavar="FILE", help="also measure a training data file (.jsonl/.json/.parquet or "
+                   "'embedded:pydoc'), tokenised by MODEL's tokenizer as training does: rows truncated (never "
+                   "ending), responses' rep-2/rep-4 and duplicates, label tokens per row; warns past the thresholds "
+                   "of entropy_reg.data.statistics")
+    p.add_argument("--data-max-length", type=int, default=256,
+                   help="tokens per training row for --data (the recipes' data.max_length); default %(default)s")
     p.add_argument("--probe-repeats", type=int, default=8, help="copies N in the DITTO probe; default %(default)s")
     p.add_argument("--probe-sentences", type=int, default=8, help="probe sentences (0: no probe); "
                    "default %(default)s")
@@ -83,6 +97,8 @@ def run(argv: Sequence[str]) -> int:
         probe_sentences=args.probe_sentences,
         rep_window=args.rep_window,
         progress=not args.no_progress,
+        data_file=args.data,
+        data_max_length=args.data_max_length,
     )
     config.validate()
     if args.threads:
@@ -96,6 +112,9 @@ def run(argv: Sequence[str]) -> int:
                               wandb_project=args.wandb_project if args.wandb else None)
     for key, value in ev.summary().items():
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    if ev.data is not None:
+        for problem in ev.data["warnings"]:
+            print(f"entropy-reg eval: warning: --data {ev.data['file']}: {problem}", file=sys.stderr)
     print(f"eval took {time.perf_counter() - t0:.1f}s")
     print(f"report: {paths['report.html']}  (also {paths['report.md']}, {paths['metrics.json']})")
     if "wandb" in paths:

@@ -37,7 +37,39 @@ def _intro(ev: Any) -> list[str]:
         "- collapse classes (one per continuation): degenerate = repeating tail at low entropy, repetitive = "
         "repeating tail at higher entropy, divergent = no loop, high entropy, unlikely, healthy = none; "
         "thresholds: entropy_reg.metrics.CollapseThresholds.",
+        *_data_intro(ev),
     ]
+
+
+# --data: the training rows' statistics (entropy_reg.data.statistics), label, key, format
+DATA_ROWS = (("rows measured", "rows", "{:.0f}"), ("rows dropped (no response token within max_length)",
+             "dropped_rows", "{:.0f}"), ("rows truncated (cut before their end, never ending)", "truncated_share",
+             "{:.1%}"), ("label tokens per row, mean", "label_tokens_mean", "{:.1f}"),
+             ("label tokens per row, min", "label_tokens_min", "{:.0f}"),
+             ("label tokens per row, max", "label_tokens_max", "{:.0f}"),
+             ("responses' rep-2 (seq-rep-n)", "rep_2", "{:.4f}"), ("responses' rep-4 (seq-rep-n)", "rep_4", "{:.4f}"),
+             ("duplicate responses", "duplicate_share", "{:.1%}"))
+
+
+def _data_intro(ev: Any) -> list[str]:
+    data = getattr(ev, "data", None)
+    if data is None:
+        return []
+    from entropy_reg.data.statistics import describe
+
+    lines = [f"- training data (`--data`): `{data['file']}`, tokenised as training does with max_length="
+             f"{data['max_length']}: {describe(data['statistics'])}; warning thresholds: "
+             "entropy_reg.data.statistics.THRESHOLDS"]
+    return lines + [f"- WARNING (training data): {w}" for w in data["warnings"]]
+
+
+def data_table(ev: Any) -> list[tuple[str, str, str]]:
+    """(label, value, key) of each ``--data`` statistic; empty without ``--data``."""
+    data = getattr(ev, "data", None)
+    if data is None or not data["statistics"].get("rows"):
+        return []
+    values = {**data["statistics"], "dropped_rows": data["dropped_rows"]}
+    return [(label, fmt_.format(values[key]), key) for label, key, fmt_ in DATA_ROWS]
 
 
 def table(ev: Any) -> str:
@@ -46,6 +78,10 @@ def table(ev: Any) -> str:
         lines += [f"### {section}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in (r.label, fmt(r.baseline), r.variant)) + " |"
                   for r in items]
+        lines.append("")
+    if data_table(ev):
+        lines += ["### training data (--data)", "", "| statistic | value |", "|---|---|"]
+        lines += [f"| {label} | {value} |" for label, value, _ in data_table(ev)]
         lines.append("")
     return "\n".join(lines)
 
@@ -63,6 +99,11 @@ def _metric_tables(ev: Any) -> str:
             for r in items)
         head = "".join(f"<th>{h}</th>" for h in HEADER)
         parts.append(f'<h3>{html.escape(section)}</h3><table class="metrics"><tr>{head}</tr>{body}</table>')
+    if data_table(ev):
+        body = "".join(f'<tr data-key="data/{html.escape(key)}"><td>{html.escape(label)}</td>'
+                       f'<td class="num">{html.escape(value)}</td></tr>' for label, value, key in data_table(ev))
+        parts.append('<h3>training data (--data)</h3><table class="metrics"><tr><th>statistic</th><th>value</th>'
+                     f"</tr>{body}</table>")
     return "\n".join(parts)
 
 

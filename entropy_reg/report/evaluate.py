@@ -15,6 +15,11 @@ log-probs), the per-text held-out sums and the per-sentence probe results, so tw
 made with the same settings can be paired later (:func:`pair_evaluations`): the rows and paired
 bootstrap CIs are exactly those ``compare`` would have computed from the same inputs.
 
+With ``EvalConfig.data_file`` (``entropy-reg eval --data FILE``) the training rows of FILE are measured
+too, tokenised by the model's tokenizer as training does (:func:`data_statistics`: rows cut at
+``data_max_length`` and so never ending, responses' rep-2/rep-4 and duplicate share, label tokens per
+row, warnings past :data:`entropy_reg.data.statistics.THRESHOLDS`): ``data/*`` in the summary.
+
 ::
 
     from entropy_reg.report.evaluate import EvalConfig, evaluate_model
@@ -37,7 +42,14 @@ from entropy_reg.metrics import COLLAPSE_CLASSES, CollapseThresholds
 from entropy_reg.report.bootstrap import DEFAULT_RESAMPLES
 from entropy_reg.report.generate import Runs, generate_all
 from entropy_reg.report.heldout import HeldoutStats, encode_heldout, run_probe, teacher_forced
-from entropy_reg.report.prompts import InputError, encode_prompts, load_heldout, load_prompts, probe_sentences
+from entropy_reg.report.prompts import (
+    InputError,
+    check_context,
+    encode_prompts,
+    load_heldout,
+    load_prompts,
+    probe_sentences,
+)
 from entropy_reg.report.rows import REFERENCE, Row, report_rows
 
 #: Integer settings that must be >= 1 (shared with ``CompareConfig``; messages name the CLI flag).
@@ -85,9 +97,15 @@ class EvalConfig:
     probe_sentences: int = 8
     rep_window: int = 16
     progress: bool = True
+    # ``--data``: a training data file (any SFTDataModule dataset) whose rows are measured (data_statistics)
+    data_file: str | None = None
+    data_max_length: int = 256  # tokens per training row, as the recipes' data.max_length
 
     def validate(self) -> None:
         check_settings(self)
+        value = self.data_max_length
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise InputError(f"--data-max-length must be an integer >= 2 (tokens per training row), got {value!r}")
 
 
 @dataclass
@@ -140,6 +158,56 @@ def measure_model(model: Any, tokenizer: Any, inputs: EvalInputs, decodings: lis
     return ModelResults({name: by_role[label] for name, by_role in by_decoding.items()}, heldout, probes, timings)
 
 
+def check_data_file(source: str) -> None:
+    """Refuse a ``--data`` source that cannot be read (missing, unparsable, ...) before any model loads."""
+    from entropy_reg.data.sources import _quiet_progress_bars, load_raw_dataset
+    from entropy_reg.errors import UserError
+
+    try:
+        with _quiet_progress_bars():  # datasets' "Generating train split" bar
+            load_raw_dataset(source, "train")
+    except UserError as err:
+        raise InputError(f"--data: {err}") from None
+
+
+def data_statistics(tokenizer: Any, source: str, max_length: int) -> dict[str, Any]:
+    """What the training rows of ``source`` teach about ending and repeating, tokenised as training does.
+
+    The rows go through :class:`~entropy_reg.data.SFTDataModule` (same validation, formatting and
+    truncation at ``max_length``; every row, no validation split) and
+    :func:`entropy_reg.data.statistics.row_statistics`. Returns ``{"file", "max_length", "dropped_rows",
+    "statistics", "warnings"}``; the warnings are those past :data:`entropy_reg.data.statistics.THRESHOLDS`,
+    truncation included. The data module's own log line and warnings are silenced (the caller reports).
+    """
+    import logging
+    import warnings
+
+    from entropy_reg.data import SFTDataModule
+    from entropy_reg.data.sources import _quiet_progress_bars
+    from entropy_reg.data.statistics import warnings_for
+    from entropy_reg.errors import UserError
+
+    dm = SFTDataModule(tokenizer=tokenizer, dataset=source, val_fraction=0.0, max_length=max_length)
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    disabled = log.disabled
+    log.disabled = True
+    try:
+        with warnings.catch_warnings(), _quiet_progress_bars():
+            warnings.simplefilter("ignore")
+            dm.setup("fit")
+    except UserError as err:
+        raise InputError(f"--data: {err}") from None
+    finally:
+        log.disabled = disabled
+    stats = dict(dm.statistics["train"])
+    dropped = dm.dropped.get("train", 0)
+    problems = warnings_for(stats, truncation=True)
+    if dropped:
+        problems.append(f"{dropped} rows have no response token within max_length={max_length} and are dropped")
+    return {"file": source, "max_length": max_length, "dropped_rows": dropped, "statistics": stats,
+            "warnings": problems}
+
+
 def checkpoint_global_step(source: str) -> int | None:
     """``global_step`` saved in a Lightning ``.ckpt`` (mapped, not read); None for other sources."""
     if not str(source).endswith(".ckpt"):
@@ -169,6 +237,7 @@ class ModelEvaluation:
     timings: dict[str, float] = field(default_factory=dict)
     prompt_ids: list[list[int]] | None = None
     tokenizer: Any = field(default=None, repr=False, compare=False)  # for rendering; not serialised
+    data: dict[str, Any] | None = None  # data_statistics of --data (None without it)
 
     # -- compare's rows with this model in both roles: the point values compare reports ------------
     def _point_rows(self) -> tuple[list[Row], dict[str, Any]]:
@@ -224,6 +293,11 @@ class ModelEvaluation:
             for k in range(n_copies):  # as rows.probe_rows: numpy mean over sentences
                 out[f"probe/tp_{k + 1}"] = float(np.asarray([p["tp"][k] for p in self.probes]).mean())
             out["probe/tp_last"] = out[f"probe/tp_{n_copies}"]
+        if self.data is not None:  # --data: the training rows' statistics (entropy_reg.data.statistics)
+            out["data/file"] = self.data["file"]
+            out["data/max_length"] = self.data["max_length"]
+            out["data/dropped_rows"] = self.data["dropped_rows"]
+            out.update({f"data/{k}": v for k, v in self.data["statistics"].items()})
         return out
 
     # -- serialisation ---------------------------------------------------------------------------
@@ -247,6 +321,7 @@ class ModelEvaluation:
             "probe": self.probe_average(),
             "probe_sentences": [{k: p[k] for k in _PROBE_KEYS} for p in self.probes],
             "timings_s": self.timings,
+            "data": self.data,
         }
 
     @classmethod
@@ -268,6 +343,7 @@ class ModelEvaluation:
             thresholds=CollapseThresholds(**data["thresholds"]),
             timings=dict(data.get("timings_s") or {}),
             prompt_ids=data.get("prompt_ids"),
+            data=data.get("data"),
         )
 
     @classmethod
@@ -316,16 +392,24 @@ def evaluate_loaded(model: Any, tokenizer: Any, config: EvalConfig, source: str 
     prompts = load_prompts(config.prompts_file)
     heldout_texts = load_heldout(config.heldout_file, config.max_heldout)
     inputs = prepare_inputs(tokenizer, prompts, heldout_texts, config.max_length, config.probe_sentences)
+    check_context(inputs.prompt_ids, prompts, config.max_new_tokens, {"evaluated": model})
+    data, t0 = None, time.perf_counter()
+    if config.data_file is not None:  # before generating: a bad row fails fast
+        data = data_statistics(tokenizer, config.data_file, config.data_max_length)
+    data_s = time.perf_counter() - t0
     res = measure_model(model.eval(), tokenizer, inputs, decodings, config, label=label or Path(source).name)
+    if data is not None:
+        res.timings["data"] = data_s
     return ModelEvaluation(source, config, prompts, res.runs, res.heldout, res.probes, global_step,
-                           thresholds or CollapseThresholds(), res.timings, inputs.prompt_ids, tokenizer)
+                           thresholds or CollapseThresholds(), res.timings, inputs.prompt_ids, tokenizer, data=data)
 
 
 def evaluate_model(source: str, config: EvalConfig | None = None,
                    thresholds: CollapseThresholds | None = None) -> ModelEvaluation:
     """Evaluate ONE model (see the module docstring). Raises InputError (a UserError) on bad inputs.
 
-    All inputs (options, prompt and held-out files, the model path) are checked before the model loads.
+    All inputs (options, prompt, held-out and ``--data`` files, the model path) are checked before the model
+    loads; a prompt that does not fit the model's context with ``max_new_tokens`` is refused after it loads.
     """
     from entropy_reg.report.loading import check_model_path, load_one
 
@@ -334,6 +418,8 @@ def evaluate_model(source: str, config: EvalConfig | None = None,
     parse_decodings(config.decodings)
     load_prompts(config.prompts_file)
     load_heldout(config.heldout_file, config.max_heldout)
+    if config.data_file is not None:
+        check_data_file(config.data_file)
     check_model_path(source, "evaluated")
     t0 = time.perf_counter()
     model, tokenizer = load_one(source, "evaluated")
