@@ -136,6 +136,8 @@ class CausalLMModule(LightningModule):
             optimizer, step 0, this run's loss and settings), e.g. regularized fine-tuning of a
             finished baseline. The model built from ``model_name_or_path``/``tiny_config`` must have
             the checkpoint's architecture. (``--ckpt_path`` instead resumes the checkpoint's run.)
+            Read as data (``torch.load(weights_only=True)``); a checkpoint holding more is refused unless
+            ``ENTROPY_REG_TRUST_CHECKPOINT=1`` (:func:`entropy_reg.models.read_checkpoint`).
     """
 
     def __init__(

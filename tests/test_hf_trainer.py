@@ -245,6 +245,31 @@ def test_constructor_and_attach_errors(tmp_path, monkeypatch):
         EntropyRegularizedTrainerLoss(reg_loss())
 
 
+def test_attach_sets_objectives_up_with_the_trainers_tokenizer(tmp_path):
+    from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
+    from entropy_reg.objectives import RepetitionConsistency
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(tokenizer, n_layer=1, n_embd=32, n_head=2, intermediate_size=64)
+    enc = tokenizer(["The len() function returns the number of items. It takes one argument."] * 4,
+                    padding="max_length", max_length=24, truncation=True)
+    data = Dataset.from_list([{"input_ids": i, "attention_mask": m, "labels": [t if a else -100 for t, a in zip(i, m)]}
+                              for i, m in zip(enc["input_ids"], enc["attention_mask"])])
+
+    def build(processing_class):
+        loss_fn = EntropyRegularizedTrainerLoss(EntropyRegularizedLoss(), objectives=[RepetitionConsistency(rate=1.0)])
+        return Trainer(model=model, args=hf_args(tmp_path, max_steps=2), train_dataset=data,
+                       processing_class=processing_class, compute_loss_func=loss_fn)
+
+    with pytest.raises(ValueError, match=r"attach\(\): objective 'ditto' \(RepetitionConsistency\) needs a "
+                                         r"tokenizer and this Trainer has none: build it with processing_class="):
+        attach(build(None))
+    trainer = build(tokenizer)  # no sentence_end_ids: found from the trainer's processing_class
+    attach(trainer)
+    trainer.train()
+    assert [h["ditto/ran_share"] for h in train_logs(trainer)] == [1.0, 1.0]
+
+
 def _two_rank_flush(rank: int, world: int, port: int, results) -> None:
     import torch.distributed as dist
     from transformers import TrainerControl, TrainerState

@@ -126,10 +126,37 @@ class Attachment:
             cb.bind(None)
 
 
+def trainer_tokenizer(trainer: Any) -> Any | None:
+    """The trainer's tokenizer: ``processing_class`` (transformers >= 4.46; a processor's ``.tokenizer``), else
+    the older ``tokenizer`` attribute; None when it has neither."""
+    for attr in ("processing_class", "tokenizer"):
+        found = getattr(trainer, attr, None)
+        if found is not None:
+            return getattr(found, "tokenizer", None) or found  # a multimodal processor wraps its tokenizer
+    return None
+
+
+def _setup_objectives(loss_fn: EntropyRegularizedTrainerLoss, trainer: Any) -> None:
+    """Let every objective read the trainer's tokenizer (sentence ends, EOS), as the Lightning entry points do."""
+    tokenizer = trainer_tokenizer(trainer)
+    for objective in loss_fn.objectives.objectives:
+        try:
+            objective.setup(tokenizer)
+        except ValueError as err:
+            if tokenizer is not None:
+                raise
+            raise ValueError(
+                f"attach(): objective {objective.name!r} ({type(objective).__name__}) needs a tokenizer and this "
+                f"{type(trainer).__name__} has none: build it with processing_class=tokenizer (or give "
+                f"{type(objective).__name__} sentence_end_ids=[...])"
+            ) from err
+
+
 def attach(trainer: Any) -> Attachment:
     """Connect the entropy-regularization parts of a built ``transformers.Trainer`` (or TRL trainer).
 
-    - When ``trainer.compute_loss_func`` is an :class:`EntropyRegularizedTrainerLoss`: hooks
+    - When ``trainer.compute_loss_func`` is an :class:`EntropyRegularizedTrainerLoss`: sets its objectives
+      up with the trainer's tokenizer (``processing_class``, or ``tokenizer`` on older trainers), hooks
       ``trainer.model`` so the loss sees the batch's ``input_ids``, and inserts the callback that logs its
       statistics (and applies its coefficient schedule) first in the callback list.
     - Binds every :class:`EntropyEvalCallback` among ``trainer``'s callbacks to it (they log through
@@ -147,7 +174,8 @@ def attach(trainer: Any) -> Attachment:
         ImportError: transformers older than 4.46 (no ``compute_loss_func``).
         TypeError: ``trainer`` is not a Trainer.
         ValueError: there is nothing to attach (no ``EntropyRegularizedTrainerLoss`` as
-            ``compute_loss_func`` and no ``EntropyEvalCallback``).
+            ``compute_loss_func`` and no ``EntropyEvalCallback``), or an objective needs a tokenizer
+            (``RepetitionConsistency`` finds sentence ends with it) and the trainer has none.
     """
     require_compute_loss_func()
     handler = getattr(trainer, "callback_handler", None)
@@ -160,6 +188,7 @@ def attach(trainer: Any) -> Attachment:
     attachment = Attachment(trainer)
     loss_fn = getattr(trainer, "compute_loss_func", None)
     if isinstance(loss_fn, EntropyRegularizedTrainerLoss):
+        _setup_objectives(loss_fn, trainer)
         loss_fn.hook_model(trainer.model)
         attachment.loss_fn = loss_fn
         attachment.metrics_callback = _LossMetricsCallback(loss_fn)

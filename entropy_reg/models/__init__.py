@@ -6,6 +6,7 @@ from entropy_reg.models.loading import (
     SMOLLM2_INSTALL,
     SMOLLM2_NAME,
     TINY_NAME,
+    TRUST_ENV,
     checkpoint_hparams,
     gguf_progress_follows_hf_switch,
     load_causal_lm,
@@ -14,14 +15,17 @@ from entropy_reg.models.loading import (
     load_model_and_tokenizer,
     load_tokenizer,
     locate_smollm2_gguf,
+    plain_float_model,
     read_checkpoint,
     save_pretrained_dir,
+    trusted_checkpoints,
 )
 
 __all__ = [
     "SMOLLM2_INSTALL",
     "SMOLLM2_NAME",
     "TINY_NAME",
+    "TRUST_ENV",
     "checkpoint_hparams",
     "gguf_progress_follows_hf_switch",
     "load_causal_lm",
@@ -30,6 +34,8 @@ __all__ = [
     "load_model_and_tokenizer",
     "load_tokenizer",
     "locate_smollm2_gguf",
+    "plain_float_model",
     "read_checkpoint",
     "save_pretrained_dir",
+    "trusted_checkpoints",
 ]

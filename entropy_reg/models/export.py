@@ -18,7 +18,9 @@ logits on a probe text must equal the checkpoint model's (adapters: the written 
 trained ones), and the written tokenizer must encode the probe the same way.
 
 Exit status 2 with one line on stderr for bad input: a missing checkpoint, a file that is not a
-CausalLMModule checkpoint, a non-empty ``--out``, ``--adapters-only`` on a full fine-tuning checkpoint.
+CausalLMModule checkpoint, a non-empty ``--out``, ``--adapters-only`` on a full fine-tuning checkpoint,
+a checkpoint that holds code rather than data (read with ``torch.load(weights_only=True)``; opt in with
+``--trust-checkpoint`` only for a file whose source you trust).
 Everything is written into a temporary directory next to ``--out`` and renamed at the end, so a failed
 export leaves nothing behind.
 """
@@ -26,7 +28,6 @@ export leaves nothing behind.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -43,7 +44,9 @@ from entropy_reg.models.loading import (
     checkpoint_hparams,
     load_checkpoint_model,
     load_tokenizer,
+    plain_float_model,
     read_checkpoint,
+    trusted_checkpoints,
 )
 
 PROBE_TEXT = "The for statement is used to iterate over the elements of a sequence. 请解释 Python 中的 for 语句。"
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory; must not exist or be empty")
     p.add_argument("--adapters-only", action="store_true",
                    help="LoRA checkpoints: write the peft adapter directory instead of merged weights")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that holds more than data (pickled objects, which run code when read); "
+                        "only for a file whose source you trust. Default: refused")
     return p
 
 
@@ -77,27 +83,9 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"--out {str(out)!r} is not empty; pass a new or empty directory (nothing was overwritten)")
 
 
-def serializable(model: Any) -> Any:
-    """``model`` itself, or for a GGUF-loaded model a plain float copy that ``save_pretrained`` accepts.
-
-    transformers keeps a GGUF model's quantizer (and ``config.quantization_config``) after dequantising
-    and then refuses to serialise it ("quantized with gguf and is not serializable"). The weights are
-    already float, so a model rebuilt from the config without the quantization entry, holding the same
-    state dict, is the same function and saves normally.
-    """
-    config = model.config
-    if getattr(model, "hf_quantizer", None) is None and getattr(config, "quantization_config", None) is None:
-        return model
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    plain.load_state_dict(model.state_dict(), strict=True)
-    if model.generation_config is not None:
-        plain.generation_config = copy.deepcopy(model.generation_config)
-    return plain.eval()
+# ``model`` itself, or a plain float copy without a (GGUF) quantizer that ``save_pretrained`` accepts; the
+# loader already returns such models, this guards models from elsewhere (the logic lives in loading.py).
+serializable = plain_float_model
 
 
 def _probe_ids(tokenizer: Any) -> torch.Tensor:
@@ -154,17 +142,25 @@ def verify_adapters(out: Path, model: Any) -> None:
         raise RuntimeError(f"export check failed: the adapter weights written to {out} differ from the checkpoint's")
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, adapters_only: bool = False) -> Path:
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, adapters_only: bool = False, trust: bool | None = None
+) -> Path:
     """Write ``checkpoint`` as a Hugging Face directory ``out`` (see the module docstring); returns ``out``.
+
+    ``trust=True`` loads a checkpoint that holds more than data (see :func:`~entropy_reg.models.read_checkpoint`).
 
     Raises:
         UserError: bad input (missing or foreign checkpoint, non-empty ``out``, ``adapters_only`` on a
-            full fine-tuning checkpoint); nothing is written then.
+            full fine-tuning checkpoint, an untrusted checkpoint holding code); nothing is written then.
         RuntimeError: the written directory does not reproduce the checkpoint (a bug; nothing is left).
     """
+    with trusted_checkpoints(trust):
+        return _export(Path(checkpoint).expanduser(), Path(out).expanduser(), adapters_only)
+
+
+def _export(ckpt: Path, out: Path, adapters_only: bool) -> Path:
     from entropy_reg.models.lora import is_peft_model
 
-    ckpt, out = Path(checkpoint).expanduser(), Path(out).expanduser()
     check_out_dir(out)
     hparams = read_hparams(ckpt)
     if adapters_only and hparams.get("lora") is None:
@@ -227,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``entropy-reg export``; bad input prints one line and exits 2."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     with exit_on_user_error("entropy-reg export"):
-        out = export_checkpoint(args.checkpoint, args.out, adapters_only=args.adapters_only)
+        out = export_checkpoint(args.checkpoint, args.out, adapters_only=args.adapters_only,
+                                trust=True if args.trust_checkpoint else None)
     kind = "peft adapter directory" if args.adapters_only else "Hugging Face model directory"
     print(f"exported {args.checkpoint} -> {out} ({kind}: {', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0

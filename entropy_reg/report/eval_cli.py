@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default); on a small shared CPU box 1 is fastest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load .ckpt files that hold more than data (pickled objects, which run code when read); "
+                        "only for files whose source you trust. Default: such a checkpoint is refused")
     return p
 
 
@@ -107,7 +110,10 @@ def run(argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     out = check_out_dir(args.out)
     t0 = time.perf_counter()
-    ev = evaluate_model(args.model, config)
+    from entropy_reg.models import trusted_checkpoints
+
+    with trusted_checkpoints(True if args.trust_checkpoint else None):
+        ev = evaluate_model(args.model, config)
     paths = write_eval_report(ev, out, max_samples=args.max_samples,
                               wandb_project=args.wandb_project if args.wandb else None)
     for key, value in ev.summary().items():
