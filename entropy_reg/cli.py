@@ -36,6 +36,7 @@ import inspect
 import os
 import re
 import shlex
+import signal
 import socket
 import sys
 import tempfile
@@ -402,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
     called with ``argv`` it returns the :class:`EntropyRegCLI` object (its trainer, model, ...).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        # As a program: SIGINT stops and keeps the work even when a shell started it as a background job
+        # with SIGINT ignored (`nohup ... &`, a script's child), where Python would never see Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if args and args[0] in SUBCOMMANDS:  # subcommands of our own; the rest are LightningCLI's
         return SUBCOMMANDS[args[0]](args[1:])
     configure_wandb_env()  # before anything can import and start wandb

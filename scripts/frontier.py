@@ -218,7 +218,7 @@ def table(out: Path) -> str:
         if name in ("baseline", "baseline-cut-rows"):
             strength = "-"
 
-        def cell(key: str, fmt: str = "{:.3f}") -> str:
+        def cell(key: str, fmt: str = "{:.3f}", per: dict = per) -> str:
             vals = [m[key] for m in per.values()]
             text = fmt.format(_mean(vals))
             return text if len(vals) == 1 else text + " ± " + fmt.format(statistics.stdev(vals))
@@ -243,7 +243,7 @@ def heldout_table(out: Path) -> str:
         if name in found:
             per = found[name]
 
-            def cell(key: str) -> str:
+            def cell(key: str, per: dict = per) -> str:
                 vals = [m[key] for m in per.values()]
                 text = f"{_mean(vals):.3f}"
                 return text if len(vals) == 1 else text + f" ± {statistics.stdev(vals):.3f}"

@@ -547,4 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A shell starts a background job (`nohup ... &`) with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: `kill -INT` would do nothing. Ctrl-C / SIGINT always means "stop and keep the work".
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     raise SystemExit(main())

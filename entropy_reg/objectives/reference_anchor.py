@@ -16,7 +16,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Objective, ObjectiveContext, ObjectiveOutput, check_choice, check_int, checked, stat, zero_loss
+from .base import (
+    Objective,
+    ObjectiveContext,
+    ObjectiveOutput,
+    check_choice,
+    check_int,
+    checked,
+    stat,
+    zero_loss,
+)
 from .logprobs import per_position
 from .sequence_unlikelihood import continue_prefixes, eos_ids_of, mark_repeats
 

@@ -11,7 +11,16 @@ from torch import Tensor
 
 from entropy_reg.generation.decode import _eos_ids, parse_decoding
 
-from .base import Objective, ObjectiveContext, ObjectiveOutput, check_int, check_open_unit, checked, stat, zero_loss
+from .base import (
+    Objective,
+    ObjectiveContext,
+    ObjectiveOutput,
+    check_int,
+    check_open_unit,
+    checked,
+    stat,
+    zero_loss,
+)
 from .logprobs import token_logprobs
 
 
