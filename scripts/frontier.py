@@ -89,11 +89,14 @@ EXTRA_EVALS = [("base-model", BASE_MODEL, "greedy"), ("baseline+rep_penalty", "b
 
 
 def _set(config: dict, dotted: str, value) -> None:
+    """``config[a][b]... = value`` for ``"a.b..."`` (list indices as numbers; a last key ``+`` appends)."""
     *parents, last = dotted.split(".")
     node = config
     for key in parents:
         node = node[int(key)] if isinstance(node, list) else node[key]
-    if isinstance(node, list):
+    if last == "+":
+        node.append(value)
+    elif isinstance(node, list):
         node[int(last)] = value
     else:
         node[last] = value

@@ -31,6 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+from frontier import _set  # noqa: E402  (one home for the dotted-key edit)
 from run_experiment import PRESETS, row_values  # noqa: E402
 
 RECIPES = ROOT / "recipes" / "smollm2-135m"
@@ -71,19 +72,6 @@ GRID: dict[str, tuple[str, str, dict]] = {
 BASELINES = {"full": "baseline", "lora": "baseline-lora"}
 # run only when named with --only (the default run is round 1)
 ROUND_2_AND_LATER = ("ditto-w1", "ditto-w0.5", "ditto-w4", "ditto-growth-w2", "ditto-early")
-
-
-def _set(config: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    node = config
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node[key]
-    if last == "+":
-        node.append(value)
-    elif isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
 
 
 def write_variant(name: str, out: Path) -> Path:
