@@ -108,6 +108,22 @@ def stat(total: Tensor | float, count: Tensor | float) -> tuple[Tensor, Tensor]:
     return as64(total), as64(count)
 
 
+def responses(batch: dict[str, Tensor], ignore_index: int) -> list[tuple[Tensor, int]]:
+    """Per example: its tokens without padding and where its response starts (the first position whose
+    label is not ``ignore_index``; ``len(ids)`` without one; 0 when the batch has no labels)."""
+    input_ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
+    out = []
+    for b in range(input_ids.shape[0]):
+        keep = mask[b].bool() if mask is not None else torch.ones_like(input_ids[b], dtype=torch.bool)
+        ids = input_ids[b][keep]
+        start = 0
+        if labels is not None:
+            answer = (labels[b][keep] != ignore_index).nonzero().flatten()
+            start = int(answer[0]) if answer.numel() else len(ids)
+        out.append((ids, start))
+    return out
+
+
 def example_seed(step_seed: int, tokens: Tensor) -> int:
     """A per-example seed from the step's seed and the example's own tokens.
 

@@ -23,6 +23,7 @@ from .base import (
     check_choice,
     check_int,
     checked,
+    responses,
     stat,
     zero_loss,
 )
@@ -198,22 +199,15 @@ class ReferenceAnchor(Objective):
 
     # -- the batch ------------------------------------------------------------------------------------
     def _prefixes(self, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-        input_ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
         rows, skipped = [], 0
-        for b in range(input_ids.shape[0]):
-            keep = mask[b].bool() if mask is not None else torch.ones_like(input_ids[b], dtype=torch.bool)
-            ids = input_ids[b][keep]
-            start = 0
-            if labels is not None:
-                answer = (labels[b][keep] != self.ignore_index).nonzero().flatten()
-                start = int(answer[0]) if answer.numel() else len(ids)
+        for ids, start in responses(batch, self.ignore_index):
             end = min(start + self.response_tokens, len(ids))
             if end < 1:
                 skipped += 1
                 continue
             rows.append(ids[max(0, end - self.prefix_length) : end])
         if not rows:
-            return input_ids.new_empty(0, 1), skipped
+            return batch["input_ids"].new_empty(0, 1), skipped
         width = min(len(r) for r in rows)  # one length for all: no padding, no position-id bookkeeping
         return torch.stack([r[len(r) - width :] for r in rows]), skipped
 

@@ -18,6 +18,7 @@ from .base import (
     check_int,
     check_open_unit,
     checked,
+    responses,
     stat,
     zero_loss,
 )
@@ -188,21 +189,14 @@ class SequenceUnlikelihood(Objective):
 
     def prefixes(self, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         """``[N, prefix_length]`` prefixes of the usable examples, and the number skipped."""
-        input_ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
         rows, skipped = [], 0
-        for b in range(input_ids.shape[0]):
-            keep = mask[b].bool() if mask is not None else torch.ones_like(input_ids[b], dtype=torch.bool)
-            ids = input_ids[b][keep]
-            start = 0
-            if labels is not None:
-                answer = (labels[b][keep] != self.ignore_index).nonzero().flatten()
-                start = int(answer[0]) if answer.numel() else len(ids)
+        for ids, start in responses(batch, self.ignore_index):
             if len(ids) - start < self.prefix_length:
                 skipped += 1
                 continue
             rows.append(ids[start : start + self.prefix_length])
         if not rows:
-            return input_ids.new_empty(0, self.prefix_length), skipped
+            return batch["input_ids"].new_empty(0, self.prefix_length), skipped
         return torch.stack(rows), skipped
 
     def eos_ids(self, model: torch.nn.Module) -> list[int]:
