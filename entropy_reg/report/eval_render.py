@@ -13,7 +13,7 @@ from typing import Any
 
 from entropy_reg.report import html as html_report
 from entropy_reg.report.markdown import fmt, sections
-from entropy_reg.report.output import atomic_write, to_json
+from entropy_reg.report.output import to_json, write_report_files
 from entropy_reg.report.plots import all_plots
 
 ROLE = "model"  # the legend label of the one model in the plots
@@ -161,12 +161,7 @@ def write_eval_report(ev: Any, out: Path, max_samples: int = 24, wandb_project: 
     md = render_markdown(ev)
     page = render_html(ev, plots, md, max_samples=max_samples)
     payload = to_json(ev.to_json())
-    paths: dict[str, Path | str] = {}
-    for name, png in plots.items():
-        paths[name] = atomic_write(out / name, png)
-    paths["metrics.json"] = atomic_write(out / "metrics.json", payload)
-    paths["report.md"] = atomic_write(out / "report.md", md)
-    paths["report.html"] = atomic_write(out / "report.html", page)
+    paths = write_report_files(out, plots, payload, md, page)
     if wandb_project:
         paths["wandb"] = log_wandb(ev, plots, out, project=wandb_project)
     return paths

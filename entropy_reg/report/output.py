@@ -61,6 +61,18 @@ def atomic_write(path: Path, data: bytes | str) -> Path:
 
 
 
+def write_report_files(out: Path, plots: dict[str, bytes], payload: str, md: str, page: str) -> dict[str, Path | str]:
+    """The PNG plots, ``metrics.json``, ``report.md`` and ``report.html`` of a report already rendered in
+    memory (so a rendering error never leaves half a report), each written atomically."""
+    paths: dict[str, Path | str] = {}
+    for name, png in plots.items():
+        paths[name] = atomic_write(out / name, png)
+    paths["metrics.json"] = atomic_write(out / "metrics.json", payload)
+    paths["report.md"] = atomic_write(out / "report.md", md)
+    paths["report.html"] = atomic_write(out / "report.html", page)
+    return paths
+
+
 def _json_safe(obj: Any) -> Any:
     """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
     if isinstance(obj, dict):

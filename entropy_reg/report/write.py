@@ -7,7 +7,7 @@ from typing import Any
 
 from entropy_reg.report import html as html_report
 from entropy_reg.report import markdown
-from entropy_reg.report.output import atomic_write, log_wandb, to_json
+from entropy_reg.report.output import log_wandb, to_json, write_report_files
 from entropy_reg.report.plots import all_plots
 
 
@@ -21,12 +21,7 @@ def write_report(cmp: Any, out: Path, max_samples: int = 24, wandb_project: str 
     md = markdown.render(cmp)
     page = html_report.render(cmp, plots, cmp.tokenizer, md, max_samples=max_samples)
     payload = to_json(cmp.to_json())
-    paths: dict[str, Path | str] = {}
-    for name, png in plots.items():
-        paths[name] = atomic_write(out / name, png)
-    paths["metrics.json"] = atomic_write(out / "metrics.json", payload)
-    paths["report.md"] = atomic_write(out / "report.md", md)
-    paths["report.html"] = atomic_write(out / "report.html", page)
+    paths = write_report_files(out, plots, payload, md, page)
     if wandb_project:
         paths["wandb"] = log_wandb(cmp, plots, out, project=wandb_project)
     return paths
