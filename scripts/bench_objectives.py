@@ -42,8 +42,8 @@ SHAPES = {
 
 def build(shape: str):
     from entropy_reg.data import SFTDataModule
-    from entropy_reg.module import CausalLMModule
     from entropy_reg.losses import ContrastiveToken, EntropyRegularizedLoss
+    from entropy_reg.module import CausalLMModule
     from entropy_reg.objectives import (
         LoopEntropyFloor,
         ObjectiveRunner,

@@ -14,8 +14,8 @@ from tiny_models import three_term_loss, tiny_llama
 from torch.utils.data import DataLoader
 
 from entropy_reg.callbacks import CoefficientSchedule, EntropyRegularizer
-from entropy_reg.training.stats_window import StatsWindow
 from entropy_reg.losses import EntropyRegularizedLoss
+from entropy_reg.training.stats_window import StatsWindow
 
 V, B, T = 64, 4, 12
 

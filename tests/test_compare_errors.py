@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from entropy_reg.models import save_pretrained_dir
-from entropy_reg.report.cli import main, split_decodings
 from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
+from entropy_reg.report.cli import main
+from entropy_reg.report.settings import split_decodings
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64}
 

@@ -86,9 +86,9 @@ def _run_experiment_module():
 def test_main_job_trainings_log_eval_curves_to_wandb(tmp_path, monkeypatch):
     """The main job's GenerationEval arguments (every N steps, no validation loop) put eval/* into the
     offline W&B run at every N-th step; read back from the .wandb file."""
+    import wandb
     from test_generation_eval import wait_for_wandb_history
 
-    import wandb
     from entropy_reg import cli as cli_mod
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -13,8 +13,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from entropy_reg import cli as top_cli
-from entropy_reg.models import export as export_mod
 from entropy_reg.models import SMOLLM2_NAME, load_causal_lm, load_checkpoint_model, load_tokenizer
+from entropy_reg.models import export as export_mod
 from entropy_reg.module import CausalLMModule
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64, "max_position_embeddings": 64}

@@ -253,8 +253,8 @@ def test_attach_sets_objectives_up_with_the_trainers_tokenizer(tmp_path):
     model = build_tiny_llama(tokenizer, n_layer=1, n_embd=32, n_head=2, intermediate_size=64)
     enc = tokenizer(["The len() function returns the number of items. It takes one argument."] * 4,
                     padding="max_length", max_length=24, truncation=True)
-    data = Dataset.from_list([{"input_ids": i, "attention_mask": m, "labels": [t if a else -100 for t, a in zip(i, m)]}
-                              for i, m in zip(enc["input_ids"], enc["attention_mask"])])
+    data = Dataset.from_list([{"input_ids": i, "attention_mask": m, "labels": [t if a else -100 for t, a in zip(i, m, strict=True)]}
+                              for i, m in zip(enc["input_ids"], enc["attention_mask"], strict=True)])
 
     def build(processing_class):
         loss_fn = EntropyRegularizedTrainerLoss(EntropyRegularizedLoss(), objectives=[RepetitionConsistency(rate=1.0)])

@@ -127,7 +127,8 @@ def test_hf_trainer_logs_the_mechanisms(tmp_path):
 def test_ddp_equals_one_process_on_the_global_batch(name, tmp_path):
     from ddp_helpers import recorded_metrics, recorded_params
     from lightning.pytorch import seed_everything
-    from test_objectives_ddp import TINY, SGDModule, global_batch, loader as ddp_loader, one_sgd_step, run_ddp
+    from test_objectives_ddp import TINY, SGDModule, global_batch, one_sgd_step, run_ddp
+    from test_objectives_ddp import loader as ddp_loader
 
     seed_everything(0)
     objective = {"reference_anchor": lambda: anchor(weight=100.0, source="batch"),

@@ -8,9 +8,9 @@ from lightning.pytorch import Trainer
 from tiny_models import TINY, three_term_loss, tiny_sft_datamodule
 
 from entropy_reg.data import SFTDataModule
-from entropy_reg.models.lora import apply_lora, lora_config
 from entropy_reg.losses import EntropyRegularizedLoss
 from entropy_reg.models import load_checkpoint_model, load_model_and_tokenizer
+from entropy_reg.models.lora import apply_lora, lora_config
 from entropy_reg.module import CausalLMModule
 
 pytestmark = [

@@ -14,9 +14,9 @@ from transformers import Trainer, TrainingArguments
 
 from entropy_reg.callbacks import EntropyRegularizer
 from entropy_reg.hf import EntropyRegularizedTrainerLoss, attach
+from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
 from entropy_reg.models.find import find_causal_lm
 from entropy_reg.models.lora import apply_lora
-from entropy_reg.losses import AntiCopyPenalty, EntropyFloor, EntropyRegularizedLoss, TailMassFloor
 
 V, B, T = 64, 4, 12
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}

@@ -5,7 +5,6 @@ import importlib.metadata
 import pytest
 import torch
 
-from entropy_reg.models import loading as models
 from entropy_reg.errors import UserError
 from entropy_reg.models import (
     load_causal_lm,
@@ -15,6 +14,7 @@ from entropy_reg.models import (
     locate_smollm2_gguf,
     save_pretrained_dir,
 )
+from entropy_reg.models import loading as models
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64}
 

@@ -154,8 +154,8 @@ def test_sentence_choice_depends_on_content_not_batch_position():
 
 
 def test_sentence_ends_found_from_a_real_tokenizer_including_chinese():
-    from entropy_reg.objectives.sentences import sentence_end_ids
     from entropy_reg.models.tiny import build_tiny_tokenizer
+    from entropy_reg.objectives.sentences import sentence_end_ids
 
     tok = build_tiny_tokenizer()
     ends = sentence_end_ids(tok)

@@ -22,7 +22,12 @@ import torch
 
 from entropy_reg.losses import ContrastiveToken, EntropyRegularizedLoss
 from entropy_reg.models import SMOLLM2_NAME, load_model_and_tokenizer
-from entropy_reg.objectives import LoopEntropyFloor, ReferenceAnchor, RepetitionConsistency, SequenceUnlikelihood
+from entropy_reg.objectives import (
+    LoopEntropyFloor,
+    ReferenceAnchor,
+    RepetitionConsistency,
+    SequenceUnlikelihood,
+)
 
 
 def _smollm2_installed() -> bool:

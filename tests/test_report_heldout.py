@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from entropy_reg.metrics import rep_l
+from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 from entropy_reg.report.heldout import encode_heldout, teacher_forced
 from entropy_reg.report.prompts import DEFAULT_PROMPTS, encode_prompts, probe_sentences
-from entropy_reg.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import re
 import numpy as np
 import pytest
 
+from entropy_reg.models.tiny import build_tiny_tokenizer
 from entropy_reg.report.bootstrap import Interval
 from entropy_reg.report.html import highlighted, sample_prompts, token_flags
 from entropy_reg.report.markdown import fmt, table
 from entropy_reg.report.output import atomic_write, to_json
 from entropy_reg.report.rows import Row
-from entropy_reg.models.tiny import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

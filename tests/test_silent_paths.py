@@ -60,7 +60,12 @@ def test_baseline_recipe_on_a_ditto_checkpoint_is_refused_like_the_reverse(tmp_p
 
 # ---- objectives validate on assignment -------------------------------------------------------------------
 def test_objective_attributes_are_validated_on_assignment():
-    from entropy_reg.objectives import LoopEntropyFloor, ReferenceAnchor, RepetitionConsistency, SequenceUnlikelihood
+    from entropy_reg.objectives import (
+        LoopEntropyFloor,
+        ReferenceAnchor,
+        RepetitionConsistency,
+        SequenceUnlikelihood,
+    )
 
     for cls in (RepetitionConsistency, SequenceUnlikelihood, ReferenceAnchor, LoopEntropyFloor):
         objective = cls()

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 
 from entropy_reg.data.collate import ResumableSampler, SFTCollator, _batches_done_in_epoch, resolve_pad_id
 from entropy_reg.data.formatting import IGNORE_INDEX, tokenize_chat, tokenize_prompt_response
-from entropy_reg.data.statistics import describe, row_statistics, warnings_for
 from entropy_reg.data.sources import (
     EMBEDDED_PREFIX,
     _bad_row,
@@ -30,6 +29,7 @@ from entropy_reg.data.sources import (
     validate_messages,
     validate_prompt_response,
 )
+from entropy_reg.data.statistics import describe, row_statistics, warnings_for
 from entropy_reg.errors import UserError
 from entropy_reg.validation import check_int
 

@@ -23,43 +23,28 @@ from typing import Any
 
 from entropy_reg.metrics import CollapseThresholds, average_probe_results
 from entropy_reg.report.bootstrap import DEFAULT_RESAMPLES
-from entropy_reg.report.evaluate import (
-    POSITIVE_SETTINGS,
-    check_settings,
-    measure_model,
-    parse_decodings,
-    prepare_inputs,
-)
+from entropy_reg.report.evaluate import measure_model, parse_decodings, prepare_inputs
 from entropy_reg.report.generate import Runs
 from entropy_reg.report.heldout import HeldoutStats
 from entropy_reg.report.loading import check_model_path, check_same_tokenizer, load_one
 from entropy_reg.report.prompts import check_context, load_heldout, load_prompts
 from entropy_reg.report.rows import REFERENCE, Row, report_rows
+from entropy_reg.report.settings import POSITIVE_SETTINGS, MeasureSettings, check_settings
 
 __all__ = ["CompareConfig", "Comparison", "compare_models", "parse_decodings"]
 
 
-@dataclass
-class CompareConfig:
-    """Options of ``entropy-reg compare`` (see :mod:`entropy_reg.report.cli` for their meaning)."""
+@dataclass(kw_only=True)
+class CompareConfig(MeasureSettings):
+    """Options of ``entropy-reg compare``: the models, the bootstrap, and each model's measurement settings
+    (:class:`~entropy_reg.report.settings.MeasureSettings`, the same as ``entropy-reg eval``'s)."""
 
     baseline: str
     candidate: str
     reference: str | None = None
-    prompts_file: str | None = None
     decodings: list[str] = field(default_factory=lambda: ["greedy", "top_p"])
-    max_new_tokens: int = 128
-    seeds: int = 3
-    batch_size: int = 8
-    heldout_file: str | None = None
-    max_heldout: int | None = 128
-    max_length: int = 256
-    probe_repeats: int = 8
-    probe_sentences: int = 8
-    rep_window: int = 16
     n_bootstrap: int = DEFAULT_RESAMPLES
     bootstrap_seed: int = 0
-    progress: bool = True
 
     def validate(self) -> None:
         check_settings(self, POSITIVE_SETTINGS + ("n_bootstrap",))

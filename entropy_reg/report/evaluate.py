@@ -51,22 +51,9 @@ from entropy_reg.report.prompts import (
     probe_sentences,
 )
 from entropy_reg.report.rows import REFERENCE, Row, report_rows
+from entropy_reg.report.settings import MeasureSettings
 
-#: Integer settings that must be >= 1 (shared with ``CompareConfig``; messages name the CLI flag).
-POSITIVE_SETTINGS = ("max_new_tokens", "seeds", "batch_size", "max_length", "probe_repeats", "rep_window")
 _PROBE_KEYS = ("n", "tp", "ip", "wr")  # what is kept of each probe sentence (not the per-token probs)
-
-
-def check_settings(config: Any, positive: tuple[str, ...] = POSITIVE_SETTINGS) -> None:
-    """Raise InputError on a non-positive integer setting, negative probe sentences or no decoding."""
-    for name in positive:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    if config.probe_sentences < 0:
-        raise InputError(f"--probe-sentences must be >= 0, got {config.probe_sentences}")
-    if not config.decodings:
-        raise InputError("--decoding needs at least one decoding name")
 
 
 def parse_decodings(names: list[str]) -> list[DecodingConfig]:
@@ -81,28 +68,16 @@ def parse_decodings(names: list[str]) -> list[DecodingConfig]:
     return configs
 
 
-@dataclass
-class EvalConfig:
-    """Per-model settings (``entropy-reg eval``'s options; ``compare`` uses the same ones per model)."""
+@dataclass(kw_only=True)
+class EvalConfig(MeasureSettings):
+    """``entropy-reg eval``'s options: the per-model settings ``compare`` shares, plus ``--data``."""
 
-    prompts_file: str | None = None
-    decodings: list[str] = field(default_factory=lambda: ["greedy"])
-    max_new_tokens: int = 128
-    seeds: int = 3
-    batch_size: int = 8
-    heldout_file: str | None = None
-    max_heldout: int | None = 128
-    max_length: int = 256
-    probe_repeats: int = 8
-    probe_sentences: int = 8
-    rep_window: int = 16
-    progress: bool = True
     # ``--data``: a training data file (any SFTDataModule dataset) whose rows are measured (data_statistics)
     data_file: str | None = None
     data_max_length: int = 256  # tokens per training row, as the recipes' data.max_length
 
     def validate(self) -> None:
-        check_settings(self)
+        super().validate()
         value = self.data_max_length
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise InputError(f"--data-max-length must be an integer >= 2 (tokens per training row), got {value!r}")
@@ -451,10 +426,8 @@ def pair_evaluations(baseline: ModelEvaluation, candidate: ModelEvaluation,
     c = baseline.config
     config = CompareConfig(
         baseline=baseline.source, candidate=candidate.source, reference=reference.source if reference else None,
-        prompts_file=c.prompts_file, decodings=list(c.decodings), max_new_tokens=c.max_new_tokens, seeds=c.seeds,
-        batch_size=c.batch_size, heldout_file=c.heldout_file, max_heldout=c.max_heldout, max_length=c.max_length,
-        probe_repeats=c.probe_repeats, probe_sentences=c.probe_sentences, rep_window=c.rep_window,
-        n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed, progress=False)
+        n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
+        **{**c.measure_settings(), "decodings": list(c.decodings), "progress": False})
     config.validate()
     runs = {d: {role: ev.runs[d] for role, ev in evals.items()} for d in baseline.runs}
     heldout = {role: ev.heldout for role, ev in evals.items()}
