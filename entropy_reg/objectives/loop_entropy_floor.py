@@ -83,11 +83,8 @@ class LoopEntropyFloor(PseudoRepetitionObjective):
         ignore_index: int = -100,
     ) -> None:
         super().__init__(weight=weight, rate=rate, seed=seed)
-        owner = type(self).__name__
-        if statistic not in _STATISTICS:
-            raise ValueError(f"{owner}: statistic must be one of {_STATISTICS}, got {statistic!r}")
         self.statistic = statistic
-        self.top_k = check_int(owner, "top_k", top_k, 1)
+        self.top_k = top_k
         self.init_sentences(min_sentence_tokens, max_sentence_tokens, max_length, max_prefix_tokens,
                             sentence_end_ids, ignore_index)
 

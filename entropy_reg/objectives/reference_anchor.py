@@ -134,18 +134,14 @@ class ReferenceAnchor(Objective):
     ) -> None:
         super().__init__(weight=weight, rate=rate, seed=seed)
         owner = type(self).__name__
-        if source not in _SOURCES:
-            raise ValueError(f"{owner}: source must be one of {_SOURCES}, got {source!r}")
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"{owner}: direction must be one of {_DIRECTIONS}, got {direction!r}")
         if reference is not None and (not isinstance(reference, str) or not reference.strip()):
             raise ValueError(f"{owner}: reference must be a model source (path or name) or None, got {reference!r}")
         self.source = source
         self.direction = direction
-        self.response_tokens = check_int(owner, "response_tokens", response_tokens, 0)
-        self.prefix_length = check_int(owner, "prefix_length", prefix_length, 1)
-        self.continuation_length = check_int(owner, "continuation_length", continuation_length, 1)
-        self.reuse_steps = check_int(owner, "reuse_steps", reuse_steps, 1)
+        self.response_tokens = response_tokens
+        self.prefix_length = prefix_length
+        self.continuation_length = continuation_length
+        self.reuse_steps = reuse_steps
         self.reference = reference
         self.ignore_index = int(ignore_index)
         self._tokenizer: Any | None = None

@@ -144,15 +144,15 @@ class PseudoRepetitionObjective(Objective):
                        max_prefix_tokens: int | None, sentence_end_ids: Iterable[int] | None,
                        ignore_index: int) -> None:
         owner = type(self).__name__
-        self.min_sentence_tokens = check_int(owner, "min_sentence_tokens", min_sentence_tokens, 1)
-        self.max_sentence_tokens = check_int(owner, "max_sentence_tokens", max_sentence_tokens, 1)
+        self.min_sentence_tokens = min_sentence_tokens
+        self.max_sentence_tokens = max_sentence_tokens
         if self.max_sentence_tokens < self.min_sentence_tokens:
             raise ValueError(
                 f"{owner}: max_sentence_tokens ({max_sentence_tokens}) must be >= min_sentence_tokens "
                 f"({min_sentence_tokens})"
             )
-        self.max_length = check_int(owner, "max_length", max_length, 2, allow_none=True)
-        self.max_prefix_tokens = check_int(owner, "max_prefix_tokens", max_prefix_tokens, 0, allow_none=True)
+        self.max_length = max_length
+        self.max_prefix_tokens = max_prefix_tokens
         self.ignore_index = int(ignore_index)
         self.sentence_end_ids = None if sentence_end_ids is None else sorted(int(i) for i in sentence_end_ids)
         if self.sentence_end_ids is not None and not self.sentence_end_ids:
@@ -242,14 +242,9 @@ class RepetitionConsistency(PseudoRepetitionObjective):
         ignore_index: int = -100,
     ) -> None:
         super().__init__(weight=weight, rate=rate, seed=seed)
-        owner = type(self).__name__
-        self.lam = check_unit(owner, "lam", lam)
-        if not isinstance(one_sided, bool):
-            raise ValueError(f"{owner}: one_sided must be a bool, got {one_sided!r}")
+        self.lam = lam
         self.one_sided = one_sided
-        if not 0 < float(eps) < 1:
-            raise ValueError(f"{owner}: eps must be in (0, 1), got {eps!r}")
-        self.eps = float(eps)
+        self.eps = eps
         self.init_sentences(min_sentence_tokens, max_sentence_tokens, max_length, max_prefix_tokens,
                             sentence_end_ids, ignore_index)
 

@@ -164,9 +164,9 @@ class SequenceUnlikelihood(Objective):
     ) -> None:
         super().__init__(weight=weight, rate=rate, seed=seed)
         owner = type(self).__name__
-        self.prefix_length = check_int(owner, "prefix_length", prefix_length, 1)
-        self.ngram = check_int(owner, "ngram", ngram, 1)
-        self.continuation_length = check_int(owner, "continuation_length", continuation_length, 1)
+        self.prefix_length = prefix_length
+        self.ngram = ngram
+        self.continuation_length = continuation_length
         if self.continuation_length < self.ngram:
             raise ValueError(
                 f"{owner}: continuation_length ({continuation_length}) must be >= ngram ({ngram}): "
@@ -177,9 +177,7 @@ class SequenceUnlikelihood(Objective):
         except ValueError as err:
             raise ValueError(f"{owner}: decoding: {err}") from err
         self.decoding = decoding
-        if not 0 < float(eps) < 1:
-            raise ValueError(f"{owner}: eps must be in (0, 1), got {eps!r}")
-        self.eps = float(eps)
+        self.eps = eps
         self.ignore_index = int(ignore_index)
         self._tokenizer: Any | None = None
 
