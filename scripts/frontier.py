@@ -62,6 +62,11 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
     **{f"loop_floor-w{w:g}": ("loop entropy floor", w, "loop_floor.yaml", {f"{OBJ0}.weight": w})
        for w in (0.3, 1.0, 3.0, 10.0)},
     **{f"ditto-w{w:g}": ("DITTO", w, "ditto.yaml", {f"{OBJ0}.weight": w}) for w in (0.5, 1.0, 2.0, 4.0)},
+    # DITTO on rises only (one-sided, lam 1): a repeat pays only where its probability rises above the copy
+    # before's - the self-reinforcement itself - never for staying as likely as it was
+    **{f"ditto_rise-w{w:g}": ("DITTO on rises only (one-sided, lam 1)", w, "ditto.yaml",
+                              {f"{OBJ0}.weight": w, f"{OBJ0}.one_sided": True, f"{OBJ0}.lam": 1.0})
+       for w in (1.0, 3.0, 10.0)},
     # combined.yaml's regularizers are scaled by its schedule: a constant scale s is the strength
     **{f"combined-s{s:g}": ("combined (tail floor + anti-copy + entropy floor)", s, "combined.yaml",
                             {"model.init_args.schedule": {"kind": "constant", "start": s, "end": s}})
