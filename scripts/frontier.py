@@ -59,6 +59,9 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
     **{f"ct_response-w{w:g}": ("contrastive token, response negatives", w, "ct.yaml",
                               {f"{REG0}.weight": w, f"{REG0}.context": "response"}) for w in (0.5, 1.0, 2.0)},
     **{f"anchor-w{w:g}": ("reference anchor", w, "anchor.yaml", {f"{OBJ0}.weight": w}) for w in (1.0, 3.0, 10.0, 30.0)},
+    # the off-policy control: the same KL to the model before fine-tuning, on the training rows themselves
+    **{f"anchor_batch-w{w:g}": ("reference anchor, off-policy (KL on the data)", w, "anchor.yaml",
+                                {f"{OBJ0}.weight": w, f"{OBJ0}.source": "batch"}) for w in (1.0, 3.0, 10.0)},
     **{f"loop_floor-w{w:g}": ("loop entropy floor", w, "loop_floor.yaml", {f"{OBJ0}.weight": w})
        for w in (0.3, 1.0, 3.0, 10.0)},
     **{f"ditto-w{w:g}": ("DITTO", w, "ditto.yaml", {f"{OBJ0}.weight": w}) for w in (0.5, 1.0, 2.0, 4.0)},
