@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from test_bad_inputs import COMBINED, run_fit
 
@@ -28,10 +26,9 @@ def no_key_env(tmp_path, mode: str | None) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [None, "online"])
 def test_no_wandb_key_goes_offline_without_prompt(tmp_path, mode):
-    start = time.perf_counter()
+    # a login prompt would block until run_fit's timeout (150 s) kills the run
     out = run_fit(tmp_path, "--trainer.logger.init_args.offline", "false", env=no_key_env(tmp_path, mode), timeout=150)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert time.perf_counter() - start < 150
     warned = "no W&B API key is configured: logging offline" in out.stderr
     assert warned == (mode == "online")
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline W&B run was written"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -112,7 +111,6 @@ def test_tiny_combined_fit_5_steps_writes_offline_wandb_run(tmp_path, no_wandb_k
     fast = tmp_path / "fast.yaml"
     fast.write_text(FAST_CALLBACKS)
     save_dir = tmp_path / "runs"
-    start = time.perf_counter()
     cli = cli_mod.main([
         "fit", "--config", COMBINED, "--config", str(fast),
         "--trainer.max_steps", "5", "--trainer.val_check_interval", "5", "--trainer.limit_val_batches", "2",
@@ -120,11 +118,6 @@ def test_tiny_combined_fit_5_steps_writes_offline_wandb_run(tmp_path, no_wandb_k
         "--trainer.logger.init_args.save_dir", str(save_dir),
     ])
     wandb.finish()
-    elapsed = time.perf_counter() - start
-    print(f"tiny combined 5-step fit: {elapsed:.1f}s")
-    # ~41 s measured alone on 2 cores (model + data setup, 5 steps of 16 x 256 tokens, 2 val batches,
-    # generation); the bound leaves room for a loaded CI machine.
-    assert elapsed < 90
     assert cli.trainer.global_step == 5
     metrics = cli.trainer.callback_metrics
     for key in ["train/loss", "train/ce", "train/entropy", "train/tail_mass", "train/copy_mass",
@@ -134,6 +127,9 @@ def test_tiny_combined_fit_5_steps_writes_offline_wandb_run(tmp_path, no_wandb_k
     runs = list((save_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     (history,) = runs[0].glob("run-*.wandb")
+    from test_generation_eval import wait_for_wandb_history
+
+    wait_for_wandb_history(history)  # wandb.finish() can return before wandb-core has written the log
     # The .wandb transaction log stores history keys as plain protobuf strings: enough to check them
     # without a W&B reader (wandb 0.31 ships none in Python).
     data = history.read_bytes()
