@@ -279,40 +279,46 @@ def plot(out: Path, path: Path) -> Path | None:
         change = _mean([m["ppl"] / (sft.get(seed) or next(iter(sft.values())))["ppl"] - 1 for seed, m in per.items()])
         return 100 * change, _mean([m[key] for m in per.values()])
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6))
     mechanisms: dict[str, list[tuple[float, str]]] = {}
     for name, (mech, strength, _, _) in GRID.items():
         if name not in ("baseline", "baseline-cut-rows") and name in found:
             mechanisms.setdefault(mech, []).append((strength, name))
-    for ax, key, label in ((axes[0], "rep4", "greedy seq-rep-4"), (axes[1], "loops", "share of continuations in a loop")):
-        for mech, points in mechanisms.items():
+    colors = plt.get_cmap("tab20").colors
+    markers = "os^vD<>Ph*Xd"
+    panels = ((axes[0], "rep4", "greedy seq-rep-4", base["rep4"]),
+              (axes[1], "loops", "share of continuations in a loop", base["loops"]),
+              (axes[2], "tp", "probe TP(8): p(token) in the 8th copy of a sentence", 0.5))
+    for ax, key, label, bar in panels:
+        for i, (mech, points) in enumerate(mechanisms.items()):
+            color, marker = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], markers[i % len(markers)]
             pts = [xy(found[n], key) for _, n in sorted(points)]
-            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mech)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls="-", color=color, label=mech)
             for (strength, _), (x, y) in zip(sorted(points), pts, strict=True):
                 ax.annotate(f"{strength:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                            color=line.get_color())
+                            color=color)
             if key == "loops":
                 low = [xy(found[n], "low_entropy_loops") for _, n in sorted(points)]
-                ax.plot([p[0] for p in low], [p[1] for p in low], "x:", color=line.get_color(), alpha=0.6)
+                ax.plot([p[0] for p in low], [p[1] for p in low], marker="x", ls=":", color=color, alpha=0.6)
         for name, marker, text in (("baseline", "s", "plain SFT"), ("base-model", "*", "base model"),
                                    ("baseline+rep_penalty", "D", "plain SFT + rep. penalty 1.2 (decoding)")):
             if name in found:
                 x, y = xy(found[name], key)
                 ax.scatter([x], [y], marker=marker, s=120, color="black", zorder=5)
                 ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
-        bar = base["rep4"] if key == "rep4" else base["loops"]
         ax.axvline(budget, color="grey", ls="--", lw=0.8)
         ax.axhline(bar, color="grey", ls="--", lw=0.8)
         ax.fill_between([ax.get_xlim()[0], budget], -0.01, bar, color="green", alpha=0.07,
-                        label="target corner (>= 90% of SFT's ppl gain, <= base model)" if key == "rep4" else None)
+                        label="target corner (>= 90% of SFT's ppl gain kept, <= the bar)" if key == "rep4" else None)
         ax.set_xlabel("held-out perplexity vs plain SFT of the same seed (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].set_title("o-: any loop (low- or high-entropy); x: low-entropy loops only", fontsize=9)
     axes[0].set_title("SmolLM2-135M-Instruct, 40 steps of 4 x 128 tokens, whole rows, seed 0 (numbers: strength)",
                       fontsize=9)
-    axes[0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    axes[1].set_title("o-: any loop (low- or high-entropy); x: low-entropy loops only (bar: base model)", fontsize=9)
+    axes[2].set_title("self-reinforcement probe (bar: the target's 0.5)", fontsize=9)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
