@@ -79,10 +79,8 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
     "ct0.5+floor0.3": ("CT (response) 0.5 + loop floor 0.3", 0.5, "ct.yaml",
                        {f"{REG0}.weight": 0.5, f"{REG0}.context": "response",
                         "model.init_args.objectives": [_objective_of("loop_floor.yaml", 0.3)]}),
-    # CT for the loops, DITTO for the low-entropy ones and the probe's self-reinforcement
-    "ct0.5+ditto0.5": ("CT (response) 0.5 + DITTO 0.5", 0.5, "ct.yaml",
-                       {f"{REG0}.weight": 0.5, f"{REG0}.context": "response",
-                        "model.init_args.objectives": [_objective_of("ditto.yaml", 0.5)]}),
+    # CT for the loops, DITTO for the probe's self-reinforcement: the committed recipe (the main job's candidate)
+    "ct0.5+ditto0.5": ("CT (response) 0.5 + DITTO 0.5", 0.5, "ct_ditto.yaml", {}),
 }
 EVAL_ARGS = ["--decoding", "greedy", "--max-new-tokens", "128", "--max-heldout", "48", "--max-length", "128",
              "--probe-sentences", "8", "--no-progress"]

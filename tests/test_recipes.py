@@ -32,6 +32,8 @@ PAIRS = [
     ("smollm2-135m/baseline.yaml", "smollm2-135m/seq_ul.yaml"),
     ("tiny/baseline.yaml", "tiny/ct.yaml"),
     ("smollm2-135m/baseline.yaml", "smollm2-135m/ct.yaml"),
+    ("tiny/baseline.yaml", "tiny/ct_ditto.yaml"),
+    ("smollm2-135m/baseline.yaml", "smollm2-135m/ct_ditto.yaml"),
     ("gpu/qwen2.5-0.5b-instruct/baseline.yaml", "gpu/qwen2.5-0.5b-instruct/combined.yaml"),
 ]
 
