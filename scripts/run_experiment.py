@@ -10,9 +10,9 @@ and the verdict against the target.
     python scripts/run_experiment.py --candidate recipes/smollm2-135m/ct.yaml \\
         --candidate recipes/smollm2-135m/ditto.yaml --seeds 0 1 2 --out runs/smollm2-3seeds
 
-Presets (``--model``): ``smollm2`` trains ``recipes/smollm2-135m/baseline.yaml`` vs ``ditto.yaml`` (DITTO
-at weight 1, rate 0.5: on the whole-row testbed the frontier's point, docs/frontier.md, that met the most
-target criteria at the least perplexity) for 40 steps of 4 x 128-token batches on rows that end as written (``truncation=drop``), and
+Presets (``--model``): ``smollm2`` trains ``recipes/smollm2-135m/baseline.yaml`` vs ``ct_ditto.yaml`` (the
+contrastive token loss with response negatives at weight 0.5 + DITTO at weight 0.5: on the whole-row
+testbed the frontier's point, docs/frontier.md, that met the most target criteria over its seeds) for 40 steps of 4 x 128-token batches on rows that end as written (``truncation=drop``), and
 uses the untouched pretrained model as the reference; ``tiny`` trains ``recipes/tiny/baseline.yaml`` vs
 ``combined.yaml`` (no reference: the tiny model starts from random weights). Every option overrides its
 preset. Every compared checkpoint must hold the final step (``global_step == max_steps``, checked).
@@ -100,7 +100,7 @@ class Preset:
 PRESETS = {
     "smollm2": Preset(
         baseline="recipes/smollm2-135m/baseline.yaml",
-        candidates=["recipes/smollm2-135m/ditto.yaml"],
+        candidates=["recipes/smollm2-135m/ct_ditto.yaml"],
         reference="embedded:smollm2-135m-instruct",
         seeds=[0],
         out="runs/main/smollm2",
