@@ -61,7 +61,7 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
     **{f"anchor-w{w:g}": ("reference anchor", w, "anchor.yaml", {f"{OBJ0}.weight": w}) for w in (1.0, 3.0, 10.0, 30.0)},
     # the off-policy control: the same KL to the model before fine-tuning, on the training rows themselves
     **{f"anchor_batch-w{w:g}": ("reference anchor, off-policy (KL on the data)", w, "anchor.yaml",
-                                {f"{OBJ0}.weight": w, f"{OBJ0}.source": "batch"}) for w in (1.0, 3.0, 10.0)},
+                                {f"{OBJ0}.weight": w, f"{OBJ0}.source": "batch"}) for w in (3.0, 10.0)},
     **{f"loop_floor-w{w:g}": ("loop entropy floor", w, "loop_floor.yaml", {f"{OBJ0}.weight": w})
        for w in (0.3, 1.0, 3.0, 10.0)},
     **{f"ditto-w{w:g}": ("DITTO", w, "ditto.yaml", {f"{OBJ0}.weight": w}) for w in (0.5, 1.0, 2.0, 4.0)},
@@ -69,7 +69,7 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
     # before's - the self-reinforcement itself - never for staying as likely as it was
     **{f"ditto_rise-w{w:g}": ("DITTO on rises only (one-sided, lam 1)", w, "ditto.yaml",
                               {f"{OBJ0}.weight": w, f"{OBJ0}.one_sided": True, f"{OBJ0}.lam": 1.0})
-       for w in (1.0, 3.0, 10.0)},
+       for w in (1.0, 3.0)},
     # combined.yaml's regularizers are scaled by its schedule: a constant scale s is the strength
     **{f"combined-s{s:g}": ("combined (tail floor + anti-copy + entropy floor)", s, "combined.yaml",
                             {"model.init_args.schedule": {"kind": "constant", "start": s, "end": s}})
