@@ -80,7 +80,8 @@ GRID: dict[str, tuple[str, float, str, dict]] = {
                        {f"{REG0}.weight": 0.5, f"{REG0}.context": "response",
                         "model.init_args.objectives": [_objective_of("loop_floor.yaml", 0.3)]}),
     # CT for the loops, DITTO for the probe's self-reinforcement: the committed recipe (the main job's candidate)
-    "ct0.5+ditto0.5": ("CT (response) 0.5 + DITTO 0.5", 0.5, "ct_ditto.yaml", {}),
+    **{f"ct{w:g}+ditto{w:g}": ("CT (response) + DITTO, each at the strength", w, "ct_ditto.yaml",
+                                {f"{REG0}.weight": w, f"{OBJ0}.weight": w}) for w in (0.25, 0.5, 1.0)},
 }
 EVAL_ARGS = ["--decoding", "greedy", "--max-new-tokens", "128", "--max-heldout", "48", "--max-length", "128",
              "--probe-sentences", "8", "--no-progress"]
