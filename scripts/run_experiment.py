@@ -381,28 +381,35 @@ def any_loop_share(metrics: dict, role: str) -> float | None:
     return None if low is None or flat is None else low + flat
 
 
+def target_checks(rep: float, rep_base: float, loops: float | None, loops_base: float, low: float | None,
+                  tp: float | None, ppl: float, ppl_sft: float, ppl_base: float) -> dict[str, bool]:
+    """The target's five criteria for one seed of one point, ``{label with the values: met}`` (the one
+    definition; ``verdict`` and ``scripts/frontier.py`` both use it). The base model sets the bar for
+    repetition, plain SFT of the same seed the perplexity gain to keep."""
+    gain = ppl_base - ppl_sft
+    kept = (ppl_base - ppl) / gain if gain > 0 else float("nan")
+    return {
+        f"seq-rep-4 {rep:.3f} vs base {rep_base:.3f}": rep <= rep_base,
+        f"any-loop share {'n/a' if loops is None else f'{loops:.2f}'} vs base {loops_base:.2f}":
+            loops is not None and loops <= loops_base,
+        f"low-entropy loops {'n/a' if low is None else f'{low:.2f}'}": low is not None and low <= TARGET_LOOP_SHARE,
+        f"TP(N) {'n/a' if tp is None else f'{tp:.2f}'}": tp is not None and tp <= TARGET_TP,
+        f"ppl gain kept {100 * kept:.0f}%": kept >= TARGET_PPL_GAIN_KEPT,
+    }
+
+
 def verdict(name: str, per_seed: dict[int, dict], seeds: list[int]) -> tuple[bool, str]:
-    """Target check of one candidate on every seed: the base model (compare's reference) sets the bar for
-    repetition, plain SFT (the baseline) the perplexity gain to keep."""
+    """Target check of one candidate on every seed, from compare's metrics (reference = the base model)."""
     parts, met = [], True
     for seed in seeds:
         m = per_seed[seed]
         rep_c, rep_ref = (row_values(m, "greedy", "seq_rep_4", r) for r in ("candidate", "reference"))
         loops_c, loops_ref = any_loop_share(m, "candidate"), any_loop_share(m, "reference")
-        low = row_values(m, "greedy", "degenerate_share", "candidate")
-        tp = _probe_tp(m, "candidate")
         ppl = {r: m["heldout"][r]["perplexity"] for r in ("baseline", "candidate", "reference") if r in m["heldout"]}
         if rep_ref is None or loops_ref is None or "reference" not in ppl:
             return False, f"{name}: no verdict: the comparison has no reference (base model) to set the bar"
-        gain = ppl["reference"] - ppl["baseline"]
-        kept = (ppl["reference"] - ppl["candidate"]) / gain if gain > 0 else float("nan")
-        checks = {
-            f"seq-rep-4 {rep_c:.3f} vs base {rep_ref:.3f}": rep_c <= rep_ref,
-            f"any-loop share {loops_c:.2f} vs base {loops_ref:.2f}": loops_c is not None and loops_c <= loops_ref,
-            f"low-entropy loops {low:.2f}": low is not None and low <= TARGET_LOOP_SHARE,
-            f"TP(N) {'n/a' if tp is None else f'{tp:.2f}'}": tp is not None and tp <= TARGET_TP,
-            f"ppl gain kept {100 * kept:.0f}%": kept >= TARGET_PPL_GAIN_KEPT,
-        }
+        checks = target_checks(rep_c, rep_ref, loops_c, loops_ref, row_values(m, "greedy", "degenerate_share", "candidate"),
+                               _probe_tp(m, "candidate"), ppl["candidate"], ppl["baseline"], ppl["reference"])
         met &= all(checks.values())
         parts.append(f"seed {seed}: " + ", ".join(f"{k} ({'ok' if ok else 'MISSED'})" for k, ok in checks.items()))
     head = f"{name}: TARGET MET on every seed" if met else f"{name}: target not met"

@@ -98,3 +98,24 @@ def test_bad_arguments_exit_2_naming_the_culprit(argv, culprit, capsys):
         run_experiment.main(argv)
     assert exc.value.code == 2
     assert culprit in capsys.readouterr().err
+
+
+def test_target_checks_is_the_one_definition_the_frontier_table_uses():
+    # base model: rep 0.18, loops 0.04, ppl 29.4; plain SFT ppl 26.4 (gain 3.0, 90% of it: ppl <= 26.7)
+    good = dict(rep=0.10, rep_base=0.18, loops=0.04, loops_base=0.04, low=0.04, tp=0.5, ppl=26.65, ppl_sft=26.4,
+                ppl_base=29.4)
+    assert all(run_experiment.target_checks(**good).values())
+    for key, bad in (("rep", 0.19), ("loops", 0.05), ("loops", None), ("low", 0.06), ("tp", 0.51), ("tp", None),
+                     ("ppl", 26.8)):
+        checks = list(run_experiment.target_checks(**{**good, key: bad}).values())
+        assert checks.count(False) == 1, (key, bad)
+
+    spec = importlib.util.spec_from_file_location("frontier", ROOT / "scripts" / "frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    base = {"rep4": 0.18, "loops": 0.04, "ppl": 29.4}
+    point = {0: {"rep4": 0.10, "loops": 0.04, "low_entropy_loops": 0.0, "tp": 0.7, "ppl": 27.8},
+             1: {"rep4": 0.20, "loops": 0.04, "low_entropy_loops": 0.0, "tp": 0.4, "ppl": 26.5}}
+    sft = {0: {"ppl": 26.4}, 1: {"ppl": 26.5}}
+    assert frontier.target_check(point, base, sft) == [
+        "TP(8) <= 0.5 (seed 0)", ">= 90% of the ppl gain (seed 0)", "seq-rep-4 <= base (seed 1)"]
