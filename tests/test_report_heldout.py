@@ -54,3 +54,4 @@ def test_probe_sentences_length_window_and_limit(tok):
     assert len(got) == 2 and all(6 <= len(s) <= 40 for s in got)
     assert tok.decode(got[0]).startswith(" This sentence")
     assert len(probe_sentences(tok, texts, limit=1)) == 1
+    assert probe_sentences(tok, texts, limit=0) == []  # --probe-sentences 0: no probe (one sentence slipped through)

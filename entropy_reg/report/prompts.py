@@ -163,12 +163,12 @@ def probe_sentences(tokenizer: Any, texts: list[str], limit: int) -> list[list[i
     """
     out: list[list[int]] = []
     for text in texts:
+        if len(out) >= limit:  # checked first: limit 0 means no probe at all
+            break
         body = text.split("\n", 1)[-1]  # skip the prompt line of an SFT text
         for sentence in split_sentences(body):
             ids = list(tokenizer(" " + sentence + ".", add_special_tokens=False)["input_ids"])
             if PROBE_MIN_TOKENS <= len(ids) <= PROBE_MAX_TOKENS:
                 out.append(ids)
                 break
-        if len(out) >= limit:
-            break
     return out
