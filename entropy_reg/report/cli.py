@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from entropy_reg.errors import exit_on_user_error
 from entropy_reg.report.prompts import InputError
-from entropy_reg.report.settings import add_measure_options, measure_settings, measuring, print_report
+from entropy_reg.report.settings import add_measure_options, measuring, print_report, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +81,7 @@ def run(argv: Sequence[str]) -> int:
     from entropy_reg.report.write import write_report
 
     args = build_parser().parse_args(list(argv))
-    settings = measure_settings(args)
+    settings = settings_from_args(args)
     baseline = _pick(args.baseline_pos, args.baseline, "baseline")
     candidate = _pick(args.candidate_pos, args.candidate, "candidate")
     check_distinct(baseline, candidate, args.reference)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 
 from entropy_reg.errors import exit_on_user_error
-from entropy_reg.report.settings import add_measure_options, measure_settings, measuring, print_report
+from entropy_reg.report.settings import add_measure_options, measuring, print_report, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def run(argv: Sequence[str]) -> int:
     from entropy_reg.report.evaluate import EvalConfig, evaluate_model
 
     args = build_parser().parse_args(list(argv))
-    config = EvalConfig(data_file=args.data, data_max_length=args.data_max_length, **measure_settings(args))
+    config = EvalConfig(data_file=args.data, data_max_length=args.data_max_length, **settings_from_args(args))
     config.validate()
     t0 = time.perf_counter()
     with measuring(args) as out:

@@ -3,7 +3,7 @@
 ``compare`` measures every model exactly as ``eval`` measures one (that is what lets two saved
 evaluations be paired later), so the settings, their defaults, their checks and their command-line
 flags live here once: :class:`MeasureSettings` is the base of both ``EvalConfig`` and
-``CompareConfig``, and :func:`add_measure_options` / :func:`measure_settings` are the flags both
+``CompareConfig``, and :func:`add_measure_options` / :func:`settings_from_args` are the flags both
 parsers add and read. A setting added here reaches both commands, both configs and ``metrics.json``.
 """
 
@@ -133,7 +133,7 @@ def split_decodings(spec: str) -> list[str]:
     return out
 
 
-def measure_settings(args: argparse.Namespace) -> dict[str, Any]:
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`MeasureSettings` keyword arguments of parsed flags (numbers checked first)."""
     check_numbers(args)
     return dict(prompts_file=args.prompts, decodings=split_decodings(args.decoding),
